@@ -1,0 +1,37 @@
+"""One embedding file per encoder: utterance ids, per-utterance frame vectors, and the encoder's identity."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def save_embeddings(path: str | Path, ids: list[str], vectors: list[np.ndarray], identity: dict) -> None:
+    """Write ids and (n_frames_i, dim) arrays as one .npz (frames concatenated + offsets), atomically."""
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids but {len(vectors)} embeddings")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = np.array([v.shape[0] for v in vectors], dtype=np.int64)
+    frames = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, identity.get("dim", 0)))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, ids=np.array(ids, dtype=str), frames=frames, offsets=np.concatenate([[0], np.cumsum(lengths)]),
+             identity=np.array(json.dumps(identity, sort_keys=True)))
+    os.replace(tmp, path)
+
+
+def load_embeddings(path: str | Path) -> tuple[list[str], list[np.ndarray], dict]:
+    """(ids, per-utterance frame arrays, encoder identity) from a file written by save_embeddings."""
+    with np.load(path) as z:
+        ids, frames, offsets = z["ids"].tolist(), z["frames"], z["offsets"]
+        identity = json.loads(str(z["identity"]))
+    return ids, [frames[offsets[i]:offsets[i + 1]] for i in range(len(ids))], identity
+
+
+def pool(frames: list[np.ndarray], how: str) -> np.ndarray:
+    """One vector per utterance: `sum` (the paper, over VGGish's 0.96 s examples) or `mean` of its frames."""
+    reduce = np.sum if how == "sum" else np.mean
+    return np.stack([reduce(f, axis=0) for f in frames]).astype(np.float32)

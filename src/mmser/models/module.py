@@ -1,0 +1,65 @@
+"""LightningModule that trains a head on cached embeddings and reports UA/WA on validation."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+from mmser.metrics import confusion, unweighted_accuracy, weighted_accuracy
+from mmser.models.server import ServerHead, Standardizer
+
+
+class EmotionClassifier(pl.LightningModule):
+    """Cross-entropy on a head over (text, audio) embeddings; Adam + StepLR as the paper."""
+
+    def __init__(self, *, text_dim: int | None, audio_dim: int | None, classes: list[str], text_proj_dim: int,
+                 hidden_dim: int, dropout: float, lr: float, step_size: int, gamma: float):
+        super().__init__()
+        self.save_hyperparameters()
+        self.head = ServerHead(text_dim=text_dim, audio_dim=audio_dim, n_classes=len(classes),
+                               text_proj_dim=text_proj_dim, hidden_dim=hidden_dim, dropout=dropout)
+        self.text_norm = Standardizer(text_dim) if text_dim else None
+        self.audio_norm = Standardizer(audio_dim) if audio_dim else None
+        self.loss = nn.CrossEntropyLoss()
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, text: torch.Tensor | None, audio: torch.Tensor | None) -> torch.Tensor:
+        if self.text_norm is not None:
+            text = self.text_norm(text)
+        if self.audio_norm is not None:
+            audio = self.audio_norm(audio)
+        return self.head(text=text, audio=audio)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        text, audio, y = batch
+        loss = self.loss(self(text, audio), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        text, audio, y = batch
+        logits = self(text, audio)
+        self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, batch_size=len(y))
+        self._val.append((logits.argmax(-1).cpu(), y.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        pred = torch.cat([p for p, _ in self._val]).numpy()
+        true = torch.cat([t for _, t in self._val]).numpy()
+        self._val.clear()
+        matrix = confusion(true, pred, len(self.hparams.classes))
+        self.log("val_ua", unweighted_accuracy(matrix))
+        self.log("val_wa", weighted_accuracy(matrix))
+
+    @torch.inference_mode()
+    def predict_proba(self, text: torch.Tensor | None, audio: torch.Tensor | None) -> np.ndarray:
+        """Class probabilities for a batch (eval mode)."""
+        self.eval()
+        return torch.softmax(self(text, audio), dim=-1).cpu().numpy()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.hparams.step_size,
+                                                    gamma=self.hparams.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,247 @@
+"""Typed, validated views of `params.yaml`: one dataclass per section, one loader."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A key of params.yaml is missing, unknown, or has a value that is not allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseParams:
+    seed: int
+    classes: list[str]
+    sample_rate: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    utterances_per_speaker: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    source: Literal["demo", "iemocap", "manifest"]
+    root: str
+    manifest: str
+    label_set: Literal["paper4", "six"]
+    dialogs: Literal["both", "improvised", "scripted"]
+    labels: dict[str, str]
+    short_clips: Literal["pad", "drop"]
+    min_duration: float
+    check_counts: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitParams:
+    protocol: Literal["loso", "random", "speaker_kfold"]
+    test_fraction: float
+    val_fraction: float
+    folds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractTextParams:
+    model: str
+    pooling: Literal["mean", "cls", "pooler"]
+    max_length: int
+    batch_size: int
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractAudioParams:
+    encoder: Literal["egemaps", "vggish"]
+    vggish_weights_dir: str | None
+    postprocess: bool
+    batch_size: int
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    modalities: list[Literal["text", "audio", "fusion"]]
+    head: Literal["server"]
+    audio_pooling: Literal["sum", "mean"]
+    standardize: bool
+    text_proj_dim: int
+    hidden_dim: int
+    dropout: float
+    lr: float
+    step_size: int
+    gamma: float
+    epochs: int
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    bootstrap_resamples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingParams:
+    experiment: str
+
+
+SECTIONS: dict[str, type] = {
+    "base": BaseParams,
+    "demo": DemoParams,
+    "data": DataParams,
+    "split": SplitParams,
+    "extract_text": ExtractTextParams,
+    "extract_audio": ExtractAudioParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "tracking": TrackingParams,
+}
+
+MODALITIES = ("text", "audio", "fusion")
+
+
+def _type_name(tp: Any) -> str:
+    """A readable name for a type annotation, for error messages."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _check(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` if it fits annotation `tp`, else raise ParamsError naming `key`."""
+    origin = get_origin(tp)
+    bad = ParamsError(f"params.yaml: {key} = {value!r} is not allowed; expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _check(key, value, option)
+            except ParamsError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item_tp,) = get_args(tp)
+        return [_check(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        k_tp, v_tp = get_args(tp)
+        return {_check(f"{key}.<key>", k, k_tp): _check(f"{key}.{k}", v, v_tp) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        # bool is a subclass of int: keep `epochs: true` from passing as 1.
+        if type(value) is not tp:
+            raise bad
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def parse_section(name: str, raw: Any) -> Any:
+    """Validate one params section and return its dataclass."""
+    cls = SECTIONS[name]
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: section '{name}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown key {name}.{unknown[0]}; allowed keys in '{name}': {', '.join(fields) or '(none)'}"
+        )
+    missing = [f for f in fields if f not in raw]
+    if missing:
+        raise ParamsError(f"params.yaml: missing key {name}.{missing[0]} ({_type_name(hints[missing[0]])})")
+    values = {f: _check(f"{name}.{f}", raw[f], hints[f]) for f in fields}
+    params = cls(**values)
+    _check_values(name, params)
+    return params
+
+
+def _check_values(name: str, p: Any) -> None:
+    """Range checks that a type alone cannot express."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ParamsError(f"params.yaml: {name}.{key} = {getattr(p, key)!r} is not allowed; {what}")
+
+    if name == "base":
+        need(len(p.classes) >= 2 and len(set(p.classes)) == len(p.classes), "classes", "need >= 2 distinct classes")
+        need(p.sample_rate == 16000, "sample_rate", "the encoders expect 16000")
+    elif name == "demo":
+        need(p.utterances_per_speaker >= 4, "utterances_per_speaker", "need >= 4")
+    elif name == "split":
+        need(0.0 < p.test_fraction < 1.0, "test_fraction", "need 0 < test_fraction < 1")
+        need(0.0 < p.val_fraction < 1.0, "val_fraction", "need 0 < val_fraction < 1")
+        need(p.folds >= 2, "folds", "need >= 2")
+    elif name == "extract_text":
+        need(p.max_length >= 8, "max_length", "need >= 8")
+        need(p.batch_size >= 1, "batch_size", "need >= 1")
+        need(p.device in ("auto", "cpu") or p.device.startswith("cuda"), "device", "use auto, cpu or cuda[:N]")
+    elif name == "extract_audio":
+        need(p.batch_size >= 1, "batch_size", "need >= 1")
+        need(p.device in ("auto", "cpu") or p.device.startswith("cuda"), "device", "use auto, cpu or cuda[:N]")
+    elif name == "evaluate":
+        need(p.bootstrap_resamples >= 100, "bootstrap_resamples", "need >= 100 for a usable interval")
+    elif name == "data":
+        need(p.min_duration >= 0.0, "min_duration", "need >= 0")
+    elif name == "train":
+        need(len(p.modalities) >= 1 and len(set(p.modalities)) == len(p.modalities), "modalities",
+             f"need a non-empty list of distinct {MODALITIES}")
+        need(0.0 <= p.dropout < 1.0, "dropout", "need 0 <= dropout < 1")
+        need(p.lr > 0, "lr", "need > 0")
+        need(p.epochs >= 1, "epochs", "need >= 1")
+        need(p.batch_size >= 1, "batch_size", "need >= 1")
+        need(p.step_size >= 1, "step_size", "need >= 1")
+        need(0.0 < p.gamma <= 1.0, "gamma", "need 0 < gamma <= 1")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Load and validate every section of params.yaml (unknown sections are an error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown section '{unknown[0]}'; allowed: {', '.join(SECTIONS)}")
+    missing = [s for s in SECTIONS if s not in raw and dataclasses.fields(SECTIONS[s])]
+    if missing:
+        raise ParamsError(f"params.yaml: missing section '{missing[0]}'")
+    return {name: parse_section(name, raw.get(name)) for name in SECTIONS}
+
+
+def flatten(section: str, params: Any) -> dict[str, str]:
+    """Flat `section.key` -> string view of a params dataclass, for MLflow."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                out[f"{section}.{f.name}.{k}"] = str(v)
+        else:
+            out[f"{section}.{f.name}"] = str(value)
+    return out

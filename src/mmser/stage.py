@@ -1,0 +1,73 @@
+"""What every stage script shares: argument parsing, logging, params, and failing cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
+from mmser.params import ParamsError, load_params
+
+log = logging.getLogger("mmser")
+
+# Errors a user can fix from the message alone: reported in one line, without a traceback.
+USER_ERRORS = (ParamsError, FileNotFoundError, ValueError, KeyError, MissingWeightsError, InvalidWeightsError)
+
+
+def parse_args(description: str, paths: list[str]) -> argparse.Namespace:
+    """`--name PATH` for every path the stage reads or writes (dvc.yaml is their only source)."""
+    parser = argparse.ArgumentParser(description=description)
+    for name in paths:
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    return parser.parse_args()
+
+
+def setup_logging() -> None:
+    """One line per milestone on stderr; library chatter kept at warnings."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("lightning", "lightning.pytorch", "alembic", "mlflow", "urllib3", "httpx", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (a half-written file must never look valid)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _remove(paths: list[str]) -> None:
+    for p in map(Path, paths):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def run_stage(main: Callable[[argparse.Namespace, dict], None], *, description: str, inputs: list[str],
+              outputs: list[str]) -> None:
+    """Run a stage's main; on failure print one clear line, remove its outputs and exit non-zero."""
+    setup_logging()
+    args = parse_args(description, inputs + outputs)
+    out_paths = [getattr(args, o.replace("-", "_")) for o in outputs]
+    try:
+        params = load_params(args.params)
+        main(args, params)
+    except USER_ERRORS as err:
+        _remove(out_paths)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except BaseException:
+        _remove(out_paths)
+        raise

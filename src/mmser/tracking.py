@@ -1,0 +1,97 @@
+"""MLflow tracking shared by every stage: one store at the repository root, runs tagged back to code and data."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+_EXP_TMP = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}"
+
+
+def repo_root() -> Path:
+    """The repository root; inside a `dvc exp --queue/--temp` copy (under .dvc/tmp/exps), the original one."""
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    text = str(root)
+    # Queued and temp experiments run in a copy that is deleted afterwards: write to the real repository.
+    return Path(text.split(_EXP_TMP)[0]) if _EXP_TMP in text else root
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded `sqlite:///<repo root>/mlflow.db` (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def setup_experiment(name: str) -> str:
+    """Point MLflow at the store and return the experiment id, creating it with a root-level artifact folder."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (repo_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 of a file's bytes: the hash `dvc.lock` records for a file dependency."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git_commit() -> str:
+    """HEAD commit, with `-dirty` when tracked files differ from it; `unknown` outside git."""
+    try:
+        root = repo_root()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(stage: str, inputs: dict[str, str | Path]) -> dict[str, str]:
+    """Tags that lead back to the exact code and data: git commit, DVC experiment and stage, input hashes."""
+    tags = {"mmser.stage": stage, "git_commit": _git_commit()}
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev"),
+                     ("DVC_STAGE", "dvc_stage")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    for name, path in inputs.items():
+        if Path(path).is_file():
+            tags[f"input.{name}.md5"] = file_md5(path)
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, *, experiment: str, params: dict[str, str], inputs: dict[str, str | Path],
+              run_name: str | None = None) -> Iterator["mlflow.ActiveRun"]:
+    """An MLflow run for one stage (or one unit of it): flat params, tags, and the run as context."""
+    import mlflow
+
+    experiment_id = setup_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage,
+                          tags=run_tags(stage, inputs)) as run:
+        mlflow.log_params(params)
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name or stage, tracking_uri())
+        yield run
+
+
+def log_outputs(outputs: dict[str, str | Path]) -> None:
+    """Log each output file's MD5 on the active run, so a run names exactly what it produced."""
+    import mlflow
+
+    mlflow.set_tags({f"output.{name}.md5": file_md5(p) for name, p in outputs.items() if Path(p).is_file()})

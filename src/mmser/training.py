@@ -1,0 +1,128 @@
+"""Train one head per (modality, fold) on cached embeddings with Lightning; MLflow logs each as its own run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mmser.models.module import EmotionClassifier
+from mmser.tracking import run_tags, setup_experiment, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+class Features:
+    """Pooled text and audio vectors for every utterance, addressable by id, plus integer labels."""
+
+    def __init__(self, ids: list[str], labels: list[str], classes: list[str], text: np.ndarray | None,
+                 audio: np.ndarray | None):
+        self.index = {utt: i for i, utt in enumerate(ids)}
+        self.y = np.array([classes.index(label) for label in labels], dtype=np.int64)
+        self.text, self.audio = text, audio
+
+    def rows(self, ids: list[str]) -> np.ndarray:
+        """Row numbers of `ids` (all must be known)."""
+        missing = [u for u in ids if u not in self.index]
+        if missing:
+            raise KeyError(f"{len(missing)} utterances have no embedding, e.g. {missing[0]}; rerun extraction")
+        return np.array([self.index[u] for u in ids], dtype=np.int64)
+
+
+class _Rows(Dataset):
+    """(text, audio, label) for the selected rows; an absent modality is an empty tensor."""
+
+    def __init__(self, features: Features, rows: np.ndarray, modality: str):
+        empty = torch.zeros(len(rows), 0)
+        use_text, use_audio = modality in ("text", "fusion"), modality in ("audio", "fusion")
+        self.text = torch.from_numpy(features.text[rows]) if use_text else empty
+        self.audio = torch.from_numpy(features.audio[rows]) if use_audio else empty
+        self.y = torch.from_numpy(features.y[rows])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.text[i], self.audio[i], self.y[i]
+
+
+class EpochProgress(Callback):
+    """One progress bar per run over epochs, showing validation UA; keeps the per-epoch history."""
+
+    def __init__(self, desc: str):
+        self.desc, self.history, self.bar = desc, [], None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.bar = tqdm(total=trainer.max_epochs, desc=self.desc, unit="epoch", leave=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.history.append({"epoch": trainer.current_epoch + 1, **metrics})
+        self.bar.set_postfix(val_ua=f"{metrics.get('val_ua', float('nan')):.3f}")
+        self.bar.update(1)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.bar.close()
+
+
+def _input_dims(features: Features, modality: str) -> tuple[int | None, int | None]:
+    text_dim = features.text.shape[1] if modality in ("text", "fusion") else None
+    audio_dim = features.audio.shape[1] if modality in ("audio", "fusion") else None
+    return text_dim, audio_dim
+
+
+def train_one(features: Features, fold: dict, *, modality: str, classes: list[str], out_dir: Path, seed: int,
+              head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, experiment: str,
+              params: dict[str, str], inputs: dict[str, str]) -> dict:
+    """Fit one head; keep the checkpoint with the best validation UA; return its record and history."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    train_rows, val_rows = features.rows(fold["train"]), features.rows(fold["val"])
+    text_dim, audio_dim = _input_dims(features, modality)
+    model = EmotionClassifier(text_dim=text_dim, audio_dim=audio_dim, classes=classes, **head_kwargs)
+    train_set = _Rows(features, train_rows, modality)
+    if standardize:  # statistics from the training part only
+        if model.text_norm is not None:
+            model.text_norm.fit(train_set.text)
+        if model.audio_norm is not None:
+            model.audio_norm.fit(train_set.audio)
+
+    run_name = f"{modality}/{fold['name']}"
+    setup_experiment(experiment)
+    logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri(), run_name=run_name,
+                          tags={**run_tags("train", inputs), "modality": modality, "fold": fold["name"]},
+                          log_model=False)
+    logger.log_hyperparams({**params, "modality": modality, "fold": fold["name"], "held_out": fold["held_out"],
+                            "n_train": len(train_rows), "n_val": len(val_rows)})
+    name = f"{modality}_{fold['name']}"
+    checkpoint = ModelCheckpoint(dirpath=out_dir, filename=name, monitor="val_ua", mode="max", save_top_k=1,
+                                 enable_version_counter=False)
+    progress = EpochProgress(run_name)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, deterministic=True,
+                         callbacks=[checkpoint, progress], enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=out_dir)
+    generator = torch.Generator().manual_seed(seed)
+    trainer.fit(model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator),
+                DataLoader(_Rows(features, val_rows, modality), batch_size=256))
+    best = Path(checkpoint.best_model_path)
+    logger.experiment.log_artifact(logger.run_id, str(best), artifact_path="checkpoint")
+    record = {"modality": modality, "fold": fold["name"], "run_id": logger.run_id,
+              "checkpoint": os.path.relpath(best), "best_val_ua": float(checkpoint.best_model_score),
+              "best_epoch": _best_epoch(progress.history)}
+    log.info("%s: best val UA %.4f at epoch %d -> %s", run_name, record["best_val_ua"], record["best_epoch"],
+             record["checkpoint"])
+    return {"record": record, "history": [{"modality": modality, "fold": fold["name"], **h}
+                                          for h in progress.history]}
+
+
+def _best_epoch(history: list[dict]) -> int:
+    """First epoch with the highest validation UA (what ModelCheckpoint keeps)."""
+    best = max(history, key=lambda h: (h.get("val_ua", -1.0), -h["epoch"]))
+    return int(best["epoch"])

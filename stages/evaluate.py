@@ -1,0 +1,84 @@
+"""Stage evaluate: test-set UA / WA / macro-F1 per modality and fold, intervals, plots, predictions, MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mmser.evaluation import predict_fold, pooled_confusion, results_markdown, summarise
+from mmser.features import load_features
+from mmser.params import flatten
+from mmser.plots import confusion_png, curves_png
+from mmser.stage import log, run_stage, write_json
+from mmser.tracking import log_outputs, stage_run
+
+
+def main(args, params: dict) -> None:
+    base, evaluate = params["base"], params["evaluate"]
+    trained = json.loads((Path(args.models) / "runs.json").read_text())
+    classes = trained["classes"]
+    features, _ = load_features(args.table, args.text, args.audio, classes=classes,
+                                audio_pooling=params["train"].audio_pooling)
+    splits = json.loads(Path(args.splits).read_text())
+    tests = {f["name"]: f["test"] for f in splits["folds"]}
+    frames = []
+    for run in trained["runs"]:
+        probs = predict_fold(run["checkpoint"], features, tests[run["fold"]], run["modality"])
+        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+        frame.insert(0, "id", tests[run["fold"]])
+        frame.insert(1, "modality", run["modality"])
+        frame.insert(2, "fold", run["fold"])
+        frame["true_idx"] = features.y[features.rows(tests[run["fold"]])]
+        frame["pred_idx"] = probs.argmax(axis=1)
+        frames.append(frame)
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions["label"] = [classes[i] for i in predictions["true_idx"]]
+    predictions["pred"] = [classes[i] for i in predictions["pred_idx"]]
+    summary = summarise(predictions, classes, resamples=evaluate.bootstrap_resamples, seed=base.seed)
+
+    reports = Path(args.reports)
+    (reports / "predictions").mkdir(parents=True, exist_ok=True)
+    (reports / "plots").mkdir(parents=True, exist_ok=True)
+    history = pd.read_csv(Path(args.models) / "history.csv")
+    for modality, rows in predictions.groupby("modality", sort=False):
+        rows.drop(columns=["modality", "true_idx", "pred_idx"]).to_csv(reports / "predictions" / f"{modality}.csv",
+                                                                       index=False)
+        s = summary[modality]
+        confusion_png(pooled_confusion(rows, len(classes)), classes, reports / "plots" / f"confusion_{modality}.png",
+                      f"{modality}: UA {s['ua']:.3f}, WA {s['wa']:.3f} (all test folds)")
+        curves_png(history[history["modality"] == modality], reports / "plots" / f"curves_{modality}.png",
+                   f"{modality} training curves")
+    corpus = params["data"].source
+    (reports / "results.md").write_text(results_markdown(summary, corpus=corpus, protocol=splits["protocol"]))
+
+    with stage_run("evaluate", experiment=params["tracking"].experiment,
+                   params={**flatten("evaluate", evaluate), "data.source": corpus, "split.protocol": splits["protocol"]},
+                   inputs={"table": args.table, "splits": args.splits, "runs": Path(args.models) / "runs.json"}) as run:
+        import mlflow
+
+        client = mlflow.tracking.MlflowClient()
+        for r in trained["runs"]:  # the test scores also land on each training run, so runs compare in mlflow ui
+            fold_scores = summary[r["modality"]]["per_fold"][r["fold"]]
+            for key in ("ua", "wa", "macro_f1"):
+                client.log_metric(r["run_id"], f"test_{key}", fold_scores[key])
+        for modality in summary:
+            if modality in ("text", "audio", "fusion"):
+                mlflow.log_metrics({f"{modality}_{k}": summary[modality][k] for k in ("ua", "wa", "macro_f1")})
+        summary["mlflow"] = {"evaluate_run_id": run.info.run_id,
+                             "train_run_ids": {f"{r['modality']}/{r['fold']}": r["run_id"] for r in trained["runs"]}}
+        write_json(args.metrics, {"corpus": corpus, "protocol": splits["protocol"], **summary})
+        mlflow.log_artifact(args.metrics)
+        mlflow.log_artifacts(str(reports / "plots"), artifact_path="plots")
+        mlflow.log_artifacts(str(reports / "predictions"), artifact_path="predictions")
+        log_outputs({"summary": args.metrics})
+    for modality in ("text", "audio", "fusion"):
+        if modality in summary:
+            s = summary[modality]
+            log.info("evaluate %s: UA %.3f ± %.3f  WA %.3f ± %.3f", modality, s["ua"], s["ua_std"], s["wa"], s["wa_std"])
+
+
+if __name__ == "__main__":
+    run_stage(main, description=__doc__, inputs=["table", "splits", "text", "audio", "models"],
+              outputs=["metrics", "reports"])
