@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
+# dvc repro rebuilds what changed; the README's results table is then regenerated from metrics/.
 repro: env
 	$(BIN)/dvc repro
+	$(BIN)/python -m mmser.readme
 
 test: env
 	$(BIN)/pytest -q

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from mmser.features import load_features
 from mmser.params import flatten
@@ -25,15 +26,17 @@ def main(args, params: dict) -> None:
     head_kwargs = dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout, lr=p.lr,
                        step_size=p.step_size, gamma=p.gamma)
     records, history = [], []
+    bar = tqdm(total=len(p.modalities) * len(folds) * p.epochs, desc="train", unit="epoch", mininterval=1.0)
     for modality in p.modalities:
         for fold in folds:
-            result = train_one(features, fold, modality=modality, classes=base.classes, out_dir=out_dir,
+            result = train_one(features, fold, modality=modality, bar=bar, classes=base.classes, out_dir=out_dir,
                                seed=base.seed, head_kwargs=head_kwargs, epochs=p.epochs, batch_size=p.batch_size,
                                standardize=p.standardize, experiment=params["tracking"].experiment, params=flat,
                                inputs={"table": args.table, "splits": args.splits, "text": args.text,
                                        "audio": args.audio})
             records.append(result["record"])
             history.extend(result["history"])
+    bar.close()
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     write_json(out_dir / "runs.json", {"classes": base.classes, "encoders": encoders, "runs": records})
     log.info("train: %d runs -> %s", len(records), out_dir)

@@ -33,5 +33,8 @@ def load_embeddings(path: str | Path) -> tuple[list[str], list[np.ndarray], dict
 
 def pool(frames: list[np.ndarray], how: str) -> np.ndarray:
     """One vector per utterance: `sum` (the paper, over VGGish's 0.96 s examples) or `mean` of its frames."""
-    reduce = np.sum if how == "sum" else np.mean
+    reducers = {"sum": np.sum, "mean": np.mean}
+    if how not in reducers:
+        raise ValueError(f"unknown pooling {how!r}; allowed: {', '.join(reducers)}")
+    reduce = reducers[how]
     return np.stack([reduce(f, axis=0) for f in frames]).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,6 +14,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+# Lightning's notices about an existing checkpoint folder (one per run by design) and a torch deprecation.
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 from mmser.models.module import EmotionClassifier
 from mmser.tracking import run_tags, setup_experiment, tracking_uri
@@ -55,22 +60,16 @@ class _Rows(Dataset):
 
 
 class EpochProgress(Callback):
-    """One progress bar per run over epochs, showing validation UA; keeps the per-epoch history."""
+    """Advances the stage's progress bar by one per epoch, showing the run and its validation UA; keeps history."""
 
-    def __init__(self, desc: str):
-        self.desc, self.history, self.bar = desc, [], None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.bar = tqdm(total=trainer.max_epochs, desc=self.desc, unit="epoch", leave=False)
+    def __init__(self, bar: tqdm, run_name: str):
+        self.bar, self.run_name, self.history = bar, run_name, []
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         self.history.append({"epoch": trainer.current_epoch + 1, **metrics})
-        self.bar.set_postfix(val_ua=f"{metrics.get('val_ua', float('nan')):.3f}")
+        self.bar.set_postfix_str(f"{self.run_name} val_ua={metrics.get('val_ua', float('nan')):.3f}", refresh=False)
         self.bar.update(1)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.bar.close()
 
 
 def _input_dims(features: Features, modality: str) -> tuple[int | None, int | None]:
@@ -79,7 +78,7 @@ def _input_dims(features: Features, modality: str) -> tuple[int | None, int | No
     return text_dim, audio_dim
 
 
-def train_one(features: Features, fold: dict, *, modality: str, classes: list[str], out_dir: Path, seed: int,
+def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, classes: list[str], out_dir: Path, seed: int,
               head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, experiment: str,
               params: dict[str, str], inputs: dict[str, str]) -> dict:
     """Fit one head; keep the checkpoint with the best validation UA; return its record and history."""
@@ -104,7 +103,7 @@ def train_one(features: Features, fold: dict, *, modality: str, classes: list[st
     name = f"{modality}_{fold['name']}"
     checkpoint = ModelCheckpoint(dirpath=out_dir, filename=name, monitor="val_ua", mode="max", save_top_k=1,
                                  enable_version_counter=False)
-    progress = EpochProgress(run_name)
+    progress = EpochProgress(bar, run_name)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, deterministic=True,
                          callbacks=[checkpoint, progress], enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=out_dir)

@@ -147,7 +147,8 @@ def _envelope(rng: np.random.Generator, bounds: np.ndarray,
         if stop - start < 16 or rng.random() < 0.08:  # short pause between words
             continue
         onset = start + int((stop - start) * rng.uniform(0.15, 0.35))
-        voiced[onset:stop] = np.sin(np.linspace(0.0, np.pi, stop - onset)) ** 0.7 * rng.uniform(0.6, 1.0)
+        bump = np.sin(np.linspace(0.0, np.pi, stop - onset)) ** 0.7
+        voiced[onset:stop] = bump * rng.uniform(0.6, 1.0)
         if rng.random() < 0.5:  # a fricative consonant (s, f, sh) fills the gap half the time
             frication[start:onset] = np.hanning(onset - start) * rng.uniform(0.1, 0.3)
     return voiced, frication
@@ -252,7 +253,8 @@ TEXT_POOL_WEIGHTS = {"specific": 0.32, "shared": 0.52, "ambiguous": 0.16}
 SHARED_POOL = {"ang": "negative", "sad": "negative", "hap": "positive", "neu": "positive"}
 
 SLOTS = {
-    "person": ["he", "she", "your brother", "my mother", "the landlord", "Tom", "Sarah", "your boss"],
+    "person": ["he", "she", "your brother", "my mother", "the landlord", "Tom", "Sarah",
+               "your boss"],
     "thing": ["the car", "the keys", "the tickets", "the report", "the house", "the phone",
               "the job", "the money", "the dinner"],
     "time": ["today", "this morning", "last night", "this week", "again", "on Friday"],
@@ -401,9 +403,16 @@ class Turn:
     gender: str
 
 
-def _session_labels(rng: np.random.Generator, n: int) -> list[str]:
-    """n labels for one speaker: ~8% dropped, the rest balanced over the 4 classes (hap|exc)."""
-    n_dropped = max(1, round(DROPPED_SHARE * n)) if n >= 4 else 0
+def _dropped_counts(rng: np.random.Generator, n: int) -> dict[str, int]:
+    """Dropped-label count per speaker: ~8%, and at least one per session so readers meet one."""
+    counts = {g: round(DROPPED_SHARE * n) for g in GENDERS}
+    if n >= 2 and not any(counts.values()):
+        counts[GENDERS[int(rng.integers(2))]] = 1
+    return counts
+
+
+def _session_labels(rng: np.random.Generator, n: int, n_dropped: int) -> list[str]:
+    """n labels for one speaker: n_dropped dropped, the rest balanced over 4 classes (hap|exc)."""
     n_target = n - n_dropped
     classes = np.tile(np.arange(4), n_target // 4 + 1)[:n_target]
     labels = [TARGET_LABELS[c] for c in rng.permutation(4)[classes]]
@@ -460,11 +469,15 @@ def _advance(rng: np.random.Generator, clock: float) -> tuple[float, float]:
 def _plan_session(rng: np.random.Generator, session: int,
                   utterances_per_speaker: int) -> dict[str, list[Turn]]:
     """Split each speaker's labelled turns over the session's dialogs, both speakers in each."""
-    n_dialogs = int(np.clip(np.ceil(utterances_per_speaker / 10), 2, 6))
+    # About ten turns per speaker per dialog, and never a dialog without both speakers.
+    n_dialogs = min(int(np.clip(np.ceil(utterances_per_speaker / 10), 2, 6)),
+                    utterances_per_speaker)
     names = _dialog_names(session, n_dialogs)
     per_dialog: list[list[tuple[str, str]]] = [[] for _ in names]
+    dropped = _dropped_counts(rng, utterances_per_speaker)
     for gender in GENDERS:
-        for k, label in enumerate(_session_labels(rng, utterances_per_speaker)):
+        labels = _session_labels(rng, utterances_per_speaker, dropped[gender])
+        for k, label in enumerate(labels):
             per_dialog[k % n_dialogs].append((gender, label))
     return {name: _layout_dialog(rng, name, [turns[i] for i in rng.permutation(len(turns))])
             for name, turns in zip(names, per_dialog)}

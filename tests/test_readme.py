@@ -1,0 +1,29 @@
+"""The README's results table is the one generated from the committed metrics, never typed by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from mmser.readme import END, START, render, update_readme
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_table_matches_committed_metrics() -> None:
+    summary = json.loads((REPO / "metrics" / "summary.json").read_text())
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(START) + len(START):text.index(END)].strip()
+    assert block == render(summary).strip(), "run `python -m mmser.readme` after `dvc repro`"
+
+
+def test_update_readme_rewrites_only_the_block(tmp_path: Path) -> None:
+    shutil.copy(REPO / "metrics" / "summary.json", tmp_path / "summary.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    assert update_readme(readme, tmp_path / "summary.json")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "| fusion |" in text
+    assert not update_readme(readme, tmp_path / "summary.json")  # idempotent

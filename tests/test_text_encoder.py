@@ -1,0 +1,123 @@
+"""Text encoder on a tiny random BERT saved like a real checkpoint, and on the packaged MiniLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import make_tiny_bert
+
+from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
+from mmser.encoders.text import TextEncoder
+
+TEXTS = [
+    "i am so angry today!",
+    "okay.",
+    "the weather is mild, is it not?",
+    "we won",
+    "you did not call me back, that is terrible.",
+    "fine",
+    "this is great",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_no_pooler(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nopool"), pooler=False)
+
+
+def _encoder(path: Path, pooling: str, batch_size: int = 3) -> TextEncoder:
+    return TextEncoder(model=str(path), pooling=pooling, max_length=16, device="cpu", batch_size=batch_size)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_shape_and_order_preserved_across_length_buckets(tiny_bert: Path, pooling: str) -> None:
+    encoder = _encoder(tiny_bert, pooling)
+    assert encoder.dim == 32
+    together = encoder.encode(TEXTS, progress=False)
+    assert together.shape == (len(TEXTS), 32)
+    assert together.dtype == np.float32
+    assert np.isfinite(together).all()
+    for i, text in enumerate(TEXTS):
+        alone = encoder.encode([text], progress=False)[0]
+        np.testing.assert_allclose(together[i], alone, atol=1e-5, err_msg=f"row {i} ({text!r})")
+    # Rows are distinct texts, so they must not all be the same vector.
+    assert not np.allclose(together[0], together[1])
+
+
+def test_batch_size_does_not_change_embeddings(tiny_bert: Path) -> None:
+    one = _encoder(tiny_bert, "mean", batch_size=1).encode(TEXTS, progress=False)
+    many = _encoder(tiny_bert, "mean", batch_size=64).encode(TEXTS, progress=False)
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_poolings_differ(tiny_bert: Path) -> None:
+    out = {p: _encoder(tiny_bert, p).encode(TEXTS, progress=False) for p in ("mean", "cls", "pooler")}
+    assert not np.allclose(out["mean"], out["cls"], atol=1e-3)
+    assert not np.allclose(out["mean"], out["pooler"], atol=1e-3)
+    assert not np.allclose(out["cls"], out["pooler"], atol=1e-3)
+    # The pooler is tanh(dense(cls)): bounded, unlike the raw hidden states.
+    assert np.abs(out["pooler"]).max() <= 1.0
+
+
+def test_pooling_matches_the_model_outputs(tiny_bert: Path) -> None:
+    encoder = _encoder(tiny_bert, "pooler")
+    texts = TEXTS[:3]
+    batch = encoder.tokenizer(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    with torch.inference_mode():
+        out = encoder.model(**batch)
+    np.testing.assert_allclose(encoder.encode(texts, progress=False), out.pooler_output.numpy(), atol=1e-5)
+    np.testing.assert_allclose(_encoder(tiny_bert, "cls").encode(texts, progress=False),
+                               out.last_hidden_state[:, 0].numpy(), atol=1e-5)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(_encoder(tiny_bert, "mean").encode(texts, progress=False), mean.numpy(), atol=1e-5)
+
+
+def test_long_text_is_truncated_to_max_length(tiny_bert: Path) -> None:
+    encoder = _encoder(tiny_bert, "mean")
+    long_text = " ".join(["we won"] * 40)
+    out = encoder.encode([long_text, "okay"], progress=False)
+    assert out.shape == (2, 32) and np.isfinite(out).all()
+
+
+def test_identity_describes_the_embeddings(tiny_bert: Path) -> None:
+    assert _encoder(tiny_bert, "cls").identity() == {
+        "encoder": "text", "model": str(tiny_bert), "pooling": "cls", "max_length": 16, "dim": 32}
+
+
+@pytest.mark.parametrize("name", ["no-such-org/no-such-model", "/nonexistent/bert-dir"])
+def test_missing_model_points_to_the_offline_default(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingWeightsError) as err:
+        TextEncoder(model=name, pooling="mean", max_length=16, device="cpu")
+    assert "all-MiniLM-L6-v2" in str(err.value)
+    assert name in str(err.value)
+
+
+def test_checkpoint_without_pooler(tiny_bert_no_pooler: Path) -> None:
+    with pytest.raises(InvalidWeightsError, match="pooler"):
+        _encoder(tiny_bert_no_pooler, "pooler")
+    # The other poolings do not use the pooler, so its absence is harmless there.
+    out = _encoder(tiny_bert_no_pooler, "mean").encode(TEXTS[:2], progress=False)
+    assert out.shape == (2, 32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_packaged_minilm_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    encoder = TextEncoder(model="all-MiniLM-L6-v2", pooling="mean", max_length=32, device="cpu")
+    furious, angry, weather = encoder.encode(["I am furious", "I am angry", "the weather is mild"], progress=False)
+    assert furious.shape == (384,)
+    assert _cosine(furious, angry) > _cosine(furious, weather) + 0.2
