@@ -101,7 +101,7 @@ def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, class
     logger.log_hyperparams({**params, "modality": modality, "fold": fold["name"], "held_out": fold["held_out"],
                             "n_train": len(train_rows), "n_val": len(val_rows)})
     name = f"{modality}_{fold['name']}"
-    checkpoint = ModelCheckpoint(dirpath=out_dir, filename=name, monitor="val_ua", mode="max", save_top_k=1,
+    checkpoint = ModelCheckpoint(dirpath=out_dir, filename=name, monitor="val_select", mode="max", save_top_k=1,
                                  enable_version_counter=False)
     progress = EpochProgress(bar, run_name)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, deterministic=True,
@@ -113,8 +113,8 @@ def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, class
     best = Path(checkpoint.best_model_path)
     logger.experiment.log_artifact(logger.run_id, str(best), artifact_path="checkpoint")
     record = {"modality": modality, "fold": fold["name"], "run_id": logger.run_id,
-              "checkpoint": os.path.relpath(best), "best_val_ua": float(checkpoint.best_model_score),
-              "best_epoch": _best_epoch(progress.history)}
+              "checkpoint": os.path.relpath(best), "best_epoch": _best_epoch(progress.history)}
+    record["best_val_ua"] = next(h["val_ua"] for h in progress.history if h["epoch"] == record["best_epoch"])
     log.info("%s: best val UA %.4f at epoch %d -> %s", run_name, record["best_val_ua"], record["best_epoch"],
              record["checkpoint"])
     return {"record": record, "history": [{"modality": modality, "fold": fold["name"], **h}
@@ -122,6 +122,6 @@ def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, class
 
 
 def _best_epoch(history: list[dict]) -> int:
-    """First epoch with the highest validation UA (what ModelCheckpoint keeps)."""
-    best = max(history, key=lambda h: (h.get("val_ua", -1.0), -h["epoch"]))
+    """First epoch with the highest selection score (what ModelCheckpoint keeps)."""
+    best = max(history, key=lambda h: (h["val_select"], -h["epoch"]))
     return int(best["epoch"])
