@@ -33,7 +33,9 @@ def main(args, params: dict) -> None:
                                seed=base.seed, head_kwargs=head_kwargs, epochs=p.epochs, batch_size=p.batch_size,
                                standardize=p.standardize, experiment=params["tracking"].experiment, params=flat,
                                inputs={"table": args.table, "splits": args.splits, "text": args.text,
-                                       "audio": args.audio})
+                                       "audio": args.audio},
+                               card={"encoders": encoders, "audio_pooling": p.audio_pooling,
+                                     "sample_rate": base.sample_rate})
             records.append(result["record"])
             history.extend(result["history"])
     bar.close()

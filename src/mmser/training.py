@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -80,8 +81,12 @@ def _input_dims(features: Features, modality: str) -> tuple[int | None, int | No
 
 def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, classes: list[str], out_dir: Path, seed: int,
               head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, experiment: str,
-              params: dict[str, str], inputs: dict[str, str]) -> dict:
-    """Fit one head; keep the checkpoint with the best validation UA; return its record and history."""
+              params: dict[str, str], inputs: dict[str, str], card: dict) -> dict:
+    """Fit one head; keep the checkpoint with the best validation UA (+ its model card); return record, history.
+
+    `card` describes how the inputs were embedded (encoders' identities, audio pooling, sample rate); it is
+    written beside the checkpoint as `<name>.json` so that prediction embeds exactly as training did.
+    """
     pl.seed_everything(seed, workers=True, verbose=False)
     train_rows, val_rows = features.rows(fold["train"]), features.rows(fold["val"])
     text_dim, audio_dim = _input_dims(features, modality)
@@ -111,7 +116,11 @@ def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, class
     trainer.fit(model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator),
                 DataLoader(_Rows(features, val_rows, modality), batch_size=256))
     best = Path(checkpoint.best_model_path)
+    card_path = best.with_suffix(".json")
+    card_path.write_text(json.dumps({**card, "classes": classes, "modality": modality, "fold": fold["name"],
+                                     "checkpoint": best.name}, indent=2) + "\n")
     logger.experiment.log_artifact(logger.run_id, str(best), artifact_path="checkpoint")
+    logger.experiment.log_artifact(logger.run_id, str(card_path), artifact_path="checkpoint")
     record = {"modality": modality, "fold": fold["name"], "run_id": logger.run_id,
               "checkpoint": os.path.relpath(best), "best_epoch": _best_epoch(progress.history)}
     record["best_val_ua"] = next(h["val_ua"] for h in progress.history if h["epoch"] == record["best_epoch"])
