@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: env repro test test-fast clean-env
+.PHONY: env repro test test-fast clean-env paper paper-loso
 
 env: $(VENV)/.installed
 
@@ -31,3 +31,23 @@ test-fast: env
 
 clean-env:
 	rm -rf $(VENV)
+
+# The SERVER paper's configuration exactly, as a DVC experiment (needs IEMOCAP and the weights on disk):
+#   make paper IEMOCAP=/data/IEMOCAP_full_release        (random 80/20, as the paper)
+#   make paper-loso IEMOCAP=/data/IEMOCAP_full_release   (leave one session out: unseen speakers)
+PAPER_PARAMS = -S data.source=iemocap -S data.root=$(IEMOCAP) -S data.label_set=paper4 -S data.dialogs=both \
+	-S data.short_clips=drop -S data.min_duration=1.92 \
+	-S extract_text.model=bert-base-uncased -S extract_text.pooling=pooler -S extract_text.max_length=512 \
+	-S extract_audio.encoder=vggish -S extract_audio.postprocess=true \
+	-S train.head=server -S train.audio_pooling=sum -S train.standardize=false -S train.class_weights=false \
+	-S train.early_stopping=0 -S train.lr=0.0001 -S train.step_size=30 -S train.gamma=0.1 -S train.epochs=101 \
+	-S train.batch_size=1 -S 'compare_heads.heads=[server]'
+
+paper: env
+	@test -n "$(IEMOCAP)" || (echo "set IEMOCAP=/path/to/IEMOCAP_full_release" >&2; exit 2)
+	$(BIN)/dvc exp run -n paper-random $(PAPER_PARAMS) -S split.protocol=random -S 'train.folds=[1]'
+
+paper-loso: env
+	@test -n "$(IEMOCAP)" || (echo "set IEMOCAP=/path/to/IEMOCAP_full_release" >&2; exit 2)
+	$(BIN)/dvc exp run -n paper-loso $(PAPER_PARAMS) -S split.protocol=loso -S 'train.folds=[1,2,3,4,5]'
+

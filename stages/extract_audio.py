@@ -1,4 +1,4 @@
-"""Stage extract_audio: frozen audio embeddings (per-utterance frames) for every utterance, in one file."""
+"""Stage extract_audio: frozen audio embeddings (per-utterance frames) for every utterance, cached, in one file."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import time
 
 import pandas as pd
 
+from mmser.cache import EmbeddingCache
 from mmser.embeddings import save_embeddings
-from mmser.extract import build_audio_encoder, encode_audio
+from mmser.extract import build_audio_encoder, extract_audio
 from mmser.params import flatten
-from mmser.stage import log, run_stage, write_json
+from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
 
 
@@ -17,25 +18,29 @@ def main(args, params: dict) -> None:
     base, p = params["base"], params["extract_audio"]
     encoder = build_audio_encoder(encoder=p.encoder, sample_rate=base.sample_rate,
                                   vggish_weights_dir=p.vggish_weights_dir, postprocess=p.postprocess,
-                                  batch_size=p.batch_size, device=p.device)
+                                  batch_size=p.batch_size, device=p.device, precision=p.precision,
+                                  ssl_model=p.ssl_model, ssl_layer=p.ssl_layer)
     table = pd.read_csv(args.table, keep_default_na=False)
-    with stage_run("extract_audio", experiment=params["tracking"].experiment,
+    with stage_run("extract_audio", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
+                  
                    params={"base.sample_rate": str(base.sample_rate), **flatten("extract_audio", p)},
-                   inputs={"table": args.table}) as run:
+                   inputs={"table": args.table}) as run, EmbeddingCache() as cache:
         import mlflow
 
         start = time.perf_counter()
-        vectors = encode_audio(table["path"].tolist(), encoder, sample_rate=base.sample_rate)
+        vectors, stats = extract_audio(table["path"].tolist(), encoder, cache, sample_rate=base.sample_rate,
+                                       workers=p.workers)
         seconds = time.perf_counter() - start
         save_embeddings(args.out, table["id"].tolist(), vectors, encoder.identity())
         frames = sum(v.shape[0] for v in vectors)
         info = {**encoder.identity(), "utterances": len(table), "frames": frames, "seconds": round(seconds, 2),
-                "mlflow_run_id": run.info.run_id}
+                **stats.as_metrics(), "mlflow_run_id": run.info.run_id}
         write_json(args.info, info)
-        mlflow.log_metrics({"utterances": len(table), "frames": frames, "seconds": seconds, "dim": encoder.dim})
+        mlflow.log_metrics({"utterances": len(table), "frames": frames, "seconds": seconds, "dim": encoder.dim,
+                            **stats.as_metrics()})
         log_outputs({"embeddings": args.out})
-    log.info("extract_audio: %d utterances, %d frames x %d in %.1f s -> %s", len(table), frames, encoder.dim,
-             seconds, args.out)
+    log.info("extract_audio: %d utterances, %d frames x %d in %.1f s (cache: %d hits, %d computed) -> %s",
+             len(table), frames, encoder.dim, seconds, stats.hits, stats.misses, args.out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 from mmser.data.prepare import build_report, check_audio, read_corpus, relative_to_cwd
 from mmser.data.records import DropLog
 from mmser.params import flatten
-from mmser.stage import log, run_stage, write_json
+from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
 
 
@@ -24,7 +24,7 @@ def main(args, params: dict) -> None:
         raise ValueError(f"no usable utterance in the corpus ({n_input} read); see the drop reasons: {drops.counts()}")
     table["path"] = table["path"].map(relative_to_cwd)
     report = build_report(table, drops, n_input=n_input, classes=base.classes)
-    with stage_run("prepare", experiment=params["tracking"].experiment,
+    with stage_run("prepare", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params={**flatten("base", base), **flatten("data", data)},
                    inputs={"manifest": args.manifest}) as run:
         import mlflow

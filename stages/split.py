@@ -6,7 +6,7 @@ import pandas as pd
 
 from mmser.data.splits import make_folds
 from mmser.params import flatten
-from mmser.stage import log, run_stage, write_json
+from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
 
 
@@ -15,7 +15,7 @@ def main(args, params: dict) -> None:
     table = pd.read_csv(args.table, keep_default_na=False, dtype={"session": str, "speaker": str})
     folds = make_folds(table, protocol=split.protocol, seed=base.seed, test_fraction=split.test_fraction,
                        val_fraction=split.val_fraction, folds=split.folds)
-    with stage_run("split", experiment=params["tracking"].experiment,
+    with stage_run("split", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params={**flatten("base", base), **flatten("split", split)}, inputs={"table": args.table}) as run:
         write_json(args.out, {"protocol": split.protocol, "mlflow_run_id": run.info.run_id, "folds": folds})
         log_outputs({"splits": args.out})

@@ -73,7 +73,7 @@ def pipeline(tmp_path_factory) -> Path:
     bert = make_tiny_bert(root / "tiny-bert")
     _set_params(repo, demo={"utterances_per_speaker": 10},
                 extract_text={"model": str(bert), "pooling": "mean"},
-                train={"epochs": 12, "batch_size": 8}, evaluate={"bootstrap_resamples": 200})
+                train={"epochs": 12, "batch_size": 8, "folds": [1, 2]}, evaluate={"bootstrap_resamples": 200})
     _commit(repo, "tiny params")
     _run(["dvc", "repro"], repo)
     return repo
@@ -85,7 +85,7 @@ def test_repro_fills_metrics_for_every_modality(pipeline: Path) -> None:
     assert summary["protocol"] == "loso" and summary["corpus"] == "demo"
     for modality in ("text", "audio", "fusion"):
         s = summary[modality]
-        assert set(s["per_fold"]) == {f"fold{i}" for i in range(1, 6)}
+        assert set(s["per_fold"]) == {"fold1", "fold2"}
         for key in ("ua", "wa", "macro_f1"):
             assert 0.0 <= s[key] <= 1.0
         assert s["ua_ci95"][0] <= s["ua"] <= s["ua_ci95"][1]
@@ -102,11 +102,29 @@ def test_repro_fills_metrics_for_every_modality(pipeline: Path) -> None:
 
 
 @pytest.mark.slow
-def test_every_utterance_is_tested_once_per_modality(pipeline: Path) -> None:
+def test_heads_are_compared_on_validation_and_the_best_model_registered(pipeline: Path) -> None:
+    heads = json.loads((pipeline / "metrics" / "heads.json").read_text())
+    assert set(heads["heads"]) == {"server", "gated", "late"}
+    val = {h: heads["heads"][h]["fusion"]["val_ua"] for h in heads["heads"]}
+    assert heads["selected_head"] == max(val, key=val.get)  # chosen on validation, not test
+    for per in heads["heads"].values():
+        assert set(per) == {"text", "audio", "fusion"}
+        assert all(s["ua_ci95"][0] <= s["ua"] <= s["ua_ci95"][1] for s in per.values())
+    summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
+    registered = summary["mlflow"]["registered"]
+    db = sqlite3.connect(pipeline / "mlflow.db")
+    versions = db.execute("select name, version from model_versions").fetchall()
+    assert (registered["name"], int(registered["version"])) in [(n, int(v)) for n, v in versions]
+
+
+@pytest.mark.slow
+def test_folds_are_sessions_and_each_test_utterance_counts_once(pipeline: Path) -> None:
     report = json.loads((pipeline / "data" / "prepared" / "report.json").read_text())
     summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
     assert report["kept"] + report["dropped"] == report["input_utterances"]
-    assert summary["text"]["n_test"] == report["kept"]  # loso: each utterance is in exactly one test fold
+    # loso: fold k tests session k; train.folds [1, 2] evaluates sessions 1 and 2, each utterance once.
+    expected = report["by_session"]["Session1"] + report["by_session"]["Session2"]
+    assert summary["text"]["n_test"] == summary["fusion"]["n_test"] == expected
 
 
 @pytest.mark.slow
@@ -115,7 +133,7 @@ def test_mlflow_has_one_run_per_modality_and_fold_with_curves(pipeline: Path) ->
     runs = db.execute("select r.run_uuid, r.name from runs r join tags t on t.run_uuid = r.run_uuid "
                       "where t.key = 'mmser.stage' and t.value = 'train'").fetchall()
     assert sorted(name for _, name in runs) == sorted(f"{m}/fold{i}" for m in ("text", "audio", "fusion")
-                                                     for i in range(1, 6))
+                                                     for i in (1, 2))
     run_id = runs[0][0]
     epochs = db.execute("select count(*) from metrics where run_uuid = ? and key = 'val_ua'", (run_id,)).fetchone()
     assert epochs[0] == 12
@@ -124,11 +142,20 @@ def test_mlflow_has_one_run_per_modality_and_fold_with_curves(pipeline: Path) ->
     tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
     assert len(tags["git_commit"].split("-")[0]) == 40 and "input.text.md5" in tags
     stages = {v for (v,) in db.execute("select value from tags where key = 'mmser.stage'")}
-    assert stages == {"prepare", "split", "extract_text", "extract_audio", "train", "evaluate"}
+    assert stages == {"pipeline", "prepare", "split", "extract_text", "extract_audio", "train", "compare_heads",
+                      "evaluate"}
     summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
     assert set(summary["mlflow"]["train_run_ids"].values()) == {r for r, _ in runs}
-    checkpoints = list((pipeline / "mlartifacts").rglob("checkpoint/*.ckpt"))
-    assert len(checkpoints) == 15
+    checkpoints = list((pipeline / "mlartifacts").rglob("model/model.ckpt"))
+    assert len(checkpoints) == 6
+    # Every stage's run nests under the pipeline's parent run, which carries the aggregate metrics.
+    parent = summary["mlflow"]["parent_run_id"]
+    children = {r for (r,) in db.execute("select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?",
+                                         (parent,))}
+    # 6 training runs + prepare, split, extract_text, extract_audio, compare_heads, evaluate
+    assert {r for r, _ in runs} <= children and len(children) == 6 + 6
+    parent_metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (parent,))}
+    assert {"fusion_ua", "text_wa", "audio_macro_f1"} <= parent_metrics
 
 
 @pytest.mark.slow
@@ -137,14 +164,19 @@ def test_rerun_is_noop_and_edits_rerun_only_what_they_feed(pipeline: Path) -> No
     original = (pipeline / "params.yaml").read_text()
     try:
         _set_params(pipeline, train={"lr": 0.002})
-        assert _would_run(pipeline) == {"train"}
+        assert _would_run(pipeline) == {f"train@{m}-{k}" for m in ("text", "audio", "fusion") for k in (1, 2)} | {
+            "compare_heads"}
         (pipeline / "params.yaml").write_text(original)
         _set_params(pipeline, split={"val_fraction": 0.2})
         assert _would_run(pipeline) == {"split"}
         (pipeline / "params.yaml").write_text(original)
+        _set_params(pipeline, evaluate={"bootstrap_resamples": 300})
+        assert _would_run(pipeline) == {"compare_heads", "evaluate"}  # no train@ stage
+        (pipeline / "params.yaml").write_text(original)
         # A text-encoder change re-extracts text and retrains; audio and the corpus are left alone.
         _set_params(pipeline, extract_text={"pooling": "cls"})
-        assert _ran(_run(["dvc", "repro"], pipeline).stdout) == {"extract_text", "train", "evaluate"}
+        trained = {f"train@{m}-{k}" for m in ("text", "audio", "fusion") for k in (1, 2)}
+        assert _ran(_run(["dvc", "repro"], pipeline).stdout) == {"extract_text", "compare_heads", "evaluate"} | trained
     finally:
         (pipeline / "params.yaml").write_text(original)
     _run(["dvc", "repro"], pipeline)  # back to the original outputs (from DVC's run cache)

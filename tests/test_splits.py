@@ -113,3 +113,23 @@ def test_speaker_kfold_with_too_few_speakers_fails() -> None:
 def test_unknown_protocol() -> None:
     with pytest.raises(ValueError, match="unknown split.protocol"):
         _folds(_table(), "leave_one_out")
+
+
+def test_lospo_holds_out_one_speaker_and_validates_on_the_partner() -> None:
+    table = _table()
+    folds = _folds(table, "lospo")
+    assert len(folds) == 10
+    assert sorted(f["held_out"] for f in folds) == sorted(table["speaker"].unique())
+    for fold in folds:
+        _assert_partition(fold, table)
+        test_speakers, val_speakers = _speakers(table, fold["test"]), _speakers(table, fold["val"])
+        train_speakers = _speakers(table, fold["train"])
+        assert test_speakers == {fold["held_out"]}
+        session = table.loc[table["speaker"] == fold["held_out"], "session"].iloc[0]
+        assert val_speakers == set(table.loc[table["session"] == session, "speaker"]) - test_speakers
+        assert not (train_speakers & (test_speakers | val_speakers))
+
+
+def test_lospo_without_sessions_fails() -> None:
+    with pytest.raises(ValueError, match="lospo"):
+        _folds(_table(with_sessions=False), "lospo")

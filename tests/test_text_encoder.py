@@ -88,9 +88,59 @@ def test_long_text_is_truncated_to_max_length(tiny_bert: Path) -> None:
     assert out.shape == (2, 32) and np.isfinite(out).all()
 
 
-def test_identity_describes_the_embeddings(tiny_bert: Path) -> None:
-    assert _encoder(tiny_bert, "cls").identity() == {
-        "encoder": "text", "model": str(tiny_bert), "pooling": "cls", "max_length": 16, "dim": 32}
+def test_identity_describes_the_embeddings(tiny_bert: Path, tmp_path: Path) -> None:
+    ident = _encoder(tiny_bert, "cls").identity()
+    weights = ident.pop("weights_sha256")
+    assert ident == {"encoder": "text", "model": str(tiny_bert), "pooling": "cls", "max_length": 16,
+                     "precision": "fp32", "dim": 32}
+    # The same name with other weights is another identity (a cache key must not reuse stale embeddings).
+    other = make_tiny_bert(tmp_path / "other", seed=1)
+    assert _encoder(other, "cls").identity()["weights_sha256"] != weights
+    assert make_tiny_bert(tmp_path / "same", seed=0) and _encoder(tmp_path / "same", "cls").identity()[
+        "weights_sha256"] == weights
+
+
+def make_tiny_roberta(directory: Path) -> Path:
+    """A 2-layer random RoBERTa with a byte-level BPE tokenizer (every byte a token), saved with save_pretrained."""
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>",
+                                         *sorted(ByteLevel.alphabet())])}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = RobertaTokenizerFast(vocab_file=str(directory / "vocab.json"),
+                                     merges_file=str(directory / "merges.txt"))
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=130, pad_token_id=1)
+    RobertaModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_roberta_family_loads_and_pools(tmp_path: Path, pooling: str) -> None:
+    path = make_tiny_roberta(tmp_path / "roberta")
+    encoder = TextEncoder(model=str(path), pooling=pooling, max_length=128, device="cpu", batch_size=3)
+    together = encoder.encode(TEXTS, progress=False)
+    assert together.shape == (len(TEXTS), 32) and np.isfinite(together).all()
+    for i, text in enumerate(TEXTS):  # padding (RoBERTa pads with id 1, positions from 2) changes nothing
+        np.testing.assert_allclose(together[i], encoder.encode([text], progress=False)[0], atol=1e-5)
+    long_text = " ".join(["we won"] * 100)  # 600 byte tokens: truncated to max_length
+    assert np.isfinite(encoder.encode([long_text], progress=False)).all()
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny_bert: Path) -> None:
+    fp32 = _encoder(tiny_bert, "mean").encode(TEXTS, progress=False)
+    bf16 = TextEncoder(model=str(tiny_bert), pooling="mean", max_length=16, device="cpu", precision="bf16")
+    assert bf16.identity()["precision"] == "bf16"
+    got = bf16.encode(TEXTS, progress=False)
+    cosine = (got * fp32).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cosine.min() > 0.999
 
 
 @pytest.mark.parametrize("name", ["no-such-org/no-such-model", "/nonexistent/bert-dir"])

@@ -198,3 +198,23 @@ def test_cuda_front_end_and_fp16_encode(tiny_vggish_weights: Path, raw_encoder: 
     cuda = VGGishEncoder(weights_dir=str(tiny_vggish_weights), postprocess=False, device="cuda")
     # fp16 autocast on CUDA: close to the fp32 CPU result, not equal.
     np.testing.assert_allclose(cuda.encode([x])[0], raw_encoder.encode([x])[0], rtol=2e-2, atol=1e-4)
+
+
+def test_bf16_autocast_stays_within_stated_tolerance(tiny_vggish_weights: Path, raw_encoder: VGGishEncoder) -> None:
+    # precision: bf16 (opt-in; faster on CPUs with AVX-512 bf16): per-example cosine >= 0.999 and relative
+    # error <= 2 % against fp32, before post-processing (the README states this tolerance).
+    bf16 = VGGishEncoder(weights_dir=str(tiny_vggish_weights), postprocess=False, batch_size=4, precision="bf16")
+    assert bf16.identity()["precision"] == "bf16" and raw_encoder.identity()["precision"] == "fp32"
+    waves = [_noise(48000, 7), _sine(31200, 220.0)]
+    a, b = np.concatenate(raw_encoder.encode(waves)), np.concatenate(bf16.encode(waves))
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() >= 0.999
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 0.02
+
+
+def test_batching_splits_into_full_batches(raw_encoder: VGGishEncoder) -> None:
+    from mmser.encoders.vggish import _chunk_sizes
+
+    assert _chunk_sizes(70, 64) == [70] and _chunk_sizes(100, 64) == [64, 36] and _chunk_sizes(5, 64) == [5]
+    assert _chunk_sizes(128, 64) == [64, 64] and _chunk_sizes(0, 64) == []
+    assert raw_encoder.utterances_per_batch == 16

@@ -20,30 +20,46 @@ def predict_fold(checkpoint: str, features: Features, test_ids: list[str], modal
     return model.predict_proba(text, audio)
 
 
+def fold_order(predictions: pd.DataFrame) -> list[str]:
+    """Fold names in natural order (fold2 before fold10)."""
+    return sorted(predictions["fold"].unique(), key=lambda f: (len(f), f))
+
+
+def fold_pairs(predictions: pd.DataFrame, modality: str, folds: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(y_true, y_pred) per fold for one modality, utterances in id order (so resampling indices pair up)."""
+    rows = predictions[predictions["modality"] == modality]
+    parts = [rows[rows["fold"] == f].sort_values("id") for f in folds]
+    return [(p["true_idx"].to_numpy(), p["pred_idx"].to_numpy()) for p in parts]
+
+
+def paired_ua_test(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np.ndarray]], n_classes: int,
+                   *, resamples: int, seed: int) -> dict:
+    """Paired bootstrap of UA(a) - UA(b) on the same resampled test utterances; one-sided p that a <= b."""
+    draws = bootstrap_draws([len(t) for t, _ in a], resamples=resamples, seed=seed)
+    diff = bootstrap_scores(a, n_classes, draws)["ua"] - bootstrap_scores(b, n_classes, draws)["ua"]
+    return {"ua_diff_ci95": percentile_interval(diff), "p_value": float((np.sum(diff <= 0) + 1) / (len(diff) + 1))}
+
+
 def summarise(predictions: pd.DataFrame, classes: list[str], *, resamples: int, seed: int) -> dict:
     """Per modality: mean ± std over folds, 95% bootstrap intervals, per-class recall, per-fold scores;
     plus a paired bootstrap p-value for fusion against the better unimodal model."""
-    folds = sorted(predictions["fold"].unique(), key=lambda f: (len(f), f))
-    sizes = [int(((predictions["fold"] == f) & (predictions["modality"] == predictions["modality"].iloc[0])).sum())
-             for f in folds]
-    draws = bootstrap_draws(sizes, resamples=resamples, seed=seed)
+    folds = fold_order(predictions)
+    first = predictions["modality"].iloc[0]
+    draws = bootstrap_draws([len(t) for t, _ in fold_pairs(predictions, first, folds)], resamples=resamples,
+                            seed=seed)
     summary: dict = {}
-    boot: dict[str, dict[str, np.ndarray]] = {}
     for modality, rows in predictions.groupby("modality", sort=False):
-        per_fold, pairs = {}, []
-        for fold in folds:
-            part = rows[rows["fold"] == fold].sort_values("id")
-            y_true, y_pred = part["true_idx"].to_numpy(), part["pred_idx"].to_numpy()
-            pairs.append((y_true, y_pred))
-            per_fold[fold] = {k: v for k, v in scores(y_true, y_pred, classes).items() if k != "recall"}
+        pairs = fold_pairs(predictions, modality, folds)
+        per_fold = {f: {k: v for k, v in scores(t, p, classes).items() if k != "recall"}
+                    for f, (t, p) in zip(folds, pairs)}
         pooled = scores(rows["true_idx"].to_numpy(), rows["pred_idx"].to_numpy(), classes)
-        boot[modality] = bootstrap_scores(pairs, len(classes), draws)
+        boot = bootstrap_scores(pairs, len(classes), draws)
         entry = {}
         for key in ("ua", "wa", "macro_f1"):
             values = [per_fold[f][key] for f in folds]
             entry[key], entry[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-        entry["ua_ci95"] = percentile_interval(boot[modality]["ua"])
-        entry["wa_ci95"] = percentile_interval(boot[modality]["wa"])
+        entry["ua_ci95"] = percentile_interval(boot["ua"])
+        entry["wa_ci95"] = percentile_interval(boot["wa"])
         entry["recall"] = pooled["recall"]
         entry["n_test"] = pooled["n"]
         entry["per_fold"] = per_fold
@@ -51,12 +67,10 @@ def summarise(predictions: pd.DataFrame, classes: list[str], *, resamples: int, 
     unimodal = [m for m in ("text", "audio") if m in summary]
     if "fusion" in summary and unimodal:
         best = max(unimodal, key=lambda m: summary[m]["ua"])
-        diff = boot["fusion"]["ua"] - boot[best]["ua"]
         summary["fusion_vs_best_unimodal"] = {
             "other": best, "ua_diff": summary["fusion"]["ua"] - summary[best]["ua"],
-            "ua_diff_ci95": percentile_interval(diff),
-            # One-sided: how often fusion fails to beat the other model when the test utterances are resampled.
-            "p_value": float((np.sum(diff <= 0) + 1) / (len(diff) + 1)),
+            **paired_ua_test(fold_pairs(predictions, "fusion", folds), fold_pairs(predictions, best, folds),
+                             len(classes), resamples=resamples, seed=seed),
         }
     return summary
 

@@ -16,7 +16,10 @@ def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, dict]:
     missing = [u for u in ids if u not in index]
     if missing:
         raise KeyError(f"{path}: {len(missing)} utterances have no embedding (e.g. {missing[0]}); rerun extraction")
-    return pool([frames[index[u]] for u in ids], how), identity
+    selected = [frames[index[u]] for u in ids]
+    if how == "mean_std":  # frame statistics: mean and standard deviation over the utterance's frames
+        return np.concatenate([pool(selected, "mean"), np.stack([f.std(axis=0) for f in selected])], axis=1), identity
+    return pool(selected, how), identity
 
 
 def load_features(table_path: str, text_path: str, audio_path: str, *, classes: list[str],

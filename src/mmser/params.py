@@ -42,7 +42,7 @@ class DataParams:
 
 @dataclasses.dataclass(frozen=True)
 class SplitParams:
-    protocol: Literal["loso", "random", "speaker_kfold"]
+    protocol: Literal["loso", "lospo", "random", "speaker_kfold"]
     test_fraction: float
     val_fraction: float
     folds: int
@@ -55,23 +55,31 @@ class ExtractTextParams:
     max_length: int
     batch_size: int
     device: str
+    precision: Literal["auto", "fp32", "bf16"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtractAudioParams:
-    encoder: Literal["egemaps", "vggish"]
+    encoder: Literal["egemaps", "vggish", "ssl"]
     vggish_weights_dir: str | None
     postprocess: bool
+    ssl_model: str
+    ssl_layer: Literal["last", "all"] | int
     batch_size: int
+    workers: int
     device: str
+    precision: Literal["auto", "fp32", "bf16"]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     modalities: list[Literal["text", "audio", "fusion"]]
-    head: Literal["server"]
-    audio_pooling: Literal["sum", "mean"]
+    folds: list[int]
+    head: Literal["server", "gated", "late"]
+    audio_pooling: Literal["sum", "mean", "mean_std"]
     standardize: bool
+    class_weights: bool
+    early_stopping: int
     text_proj_dim: int
     hidden_dim: int
     dropout: float
@@ -80,6 +88,11 @@ class TrainParams:
     gamma: float
     epochs: int
     batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareHeadsParams:
+    heads: list[Literal["server", "gated", "late"]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +113,7 @@ SECTIONS: dict[str, type] = {
     "extract_text": ExtractTextParams,
     "extract_audio": ExtractAudioParams,
     "train": TrainParams,
+    "compare_heads": CompareHeadsParams,
     "evaluate": EvaluateParams,
     "tracking": TrackingParams,
 }
@@ -203,7 +217,12 @@ def _check_values(name: str, p: Any) -> None:
         need(p.device in ("auto", "cpu") or p.device.startswith("cuda"), "device", "use auto, cpu or cuda[:N]")
     elif name == "extract_audio":
         need(p.batch_size >= 1, "batch_size", "need >= 1")
+        need(p.workers >= 0, "workers", "need >= 0 (0 = decode in the main process)")
+        need(not isinstance(p.ssl_layer, int) or p.ssl_layer >= 0, "ssl_layer",
+             "use last, all, or a layer index >= 0 (0 = the transformer's input)")
         need(p.device in ("auto", "cpu") or p.device.startswith("cuda"), "device", "use auto, cpu or cuda[:N]")
+    elif name == "compare_heads":
+        need(len(p.heads) >= 1 and len(set(p.heads)) == len(p.heads), "heads", "need a non-empty list of distinct heads")
     elif name == "evaluate":
         need(p.bootstrap_resamples >= 100, "bootstrap_resamples", "need >= 100 for a usable interval")
     elif name == "data":
@@ -211,6 +230,9 @@ def _check_values(name: str, p: Any) -> None:
     elif name == "train":
         need(len(p.modalities) >= 1 and len(set(p.modalities)) == len(p.modalities), "modalities",
              f"need a non-empty list of distinct {MODALITIES}")
+        need(len(p.folds) >= 1 and len(set(p.folds)) == len(p.folds) and min(p.folds) >= 1, "folds",
+             "need a non-empty list of distinct fold numbers >= 1")
+        need(p.early_stopping >= 0, "early_stopping", "need >= 0 (0 = off)")
         need(0.0 <= p.dropout < 1.0, "dropout", "need 0 <= dropout < 1")
         need(p.lr > 0, "lr", "need > 0")
         need(p.epochs >= 1, "epochs", "need >= 1")
@@ -245,3 +267,8 @@ def flatten(section: str, params: Any) -> dict[str, str]:
         else:
             out[f"{section}.{f.name}"] = str(value)
     return out
+
+
+def flatten_all(params: dict[str, Any]) -> dict[str, str]:
+    """Every section flattened (`section.key` -> str), for the pipeline's parent MLflow run."""
+    return {k: v for name, section in params.items() for k, v in flatten(name, section).items()}

@@ -46,6 +46,14 @@ def write_json(path: str | Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def pipeline_parent(params: dict, args: argparse.Namespace) -> str:
+    """The parent MLflow run of this pipeline run (created by the first stage that asks)."""
+    from mmser.params import flatten_all
+    from mmser.tracking import parent_run
+
+    return parent_run(params["tracking"].experiment, flatten_all(params), args.params)
+
+
 def _remove(paths: list[str]) -> None:
     for p in map(Path, paths):
         if p.is_dir():

@@ -76,15 +76,43 @@ def run_tags(stage: str, inputs: dict[str, str | Path]) -> dict[str, str]:
     return tags
 
 
+def pipeline_key(params_path: str | Path = "params.yaml") -> str:
+    """Identity of one pipeline run: the params file, the code commit and the DVC experiment name."""
+    digest = hashlib.md5(Path(params_path).read_bytes())
+    digest.update(_git_commit().split("-")[0].encode())  # not the dirty flag: DVC edits dvc.lock mid-pipeline
+    digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
+    return digest.hexdigest()
+
+
+def parent_run(experiment: str, params: dict[str, str], params_path: str | Path = "params.yaml") -> str:
+    """Id of this pipeline run's parent MLflow run (every stage's runs nest under it); created on first use."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = setup_experiment(experiment)
+    key = pipeline_key(params_path)
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], filter_string=f"tags.`mmser.pipeline_key` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    name = os.environ.get("DVC_EXP_NAME") or f"pipeline {_git_commit()[:12]}"
+    run = client.create_run(experiment_id, run_name=name, tags={**run_tags("pipeline", {}), "mmser.pipeline_key": key})
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        from mlflow.entities import Param
+
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in list(params.items())[start:start + 100]])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, *, experiment: str, params: dict[str, str], inputs: dict[str, str | Path],
-              run_name: str | None = None) -> Iterator["mlflow.ActiveRun"]:
-    """An MLflow run for one stage (or one unit of it): flat params, tags, and the run as context."""
+              parent: str | None = None, run_name: str | None = None) -> Iterator["mlflow.ActiveRun"]:
+    """An MLflow run for one stage (or one unit of it), nested under `parent`: flat params, tags, the run."""
     import mlflow
 
     experiment_id = setup_experiment(experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage,
-                          tags=run_tags(stage, inputs)) as run:
+    tags = {**run_tags(stage, inputs), **({"mlflow.parentRunId": parent} if parent else {})}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
         mlflow.log_params(params)
         log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name or stage, tracking_uri())
         yield run

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -79,18 +79,42 @@ def _input_dims(features: Features, modality: str) -> tuple[int | None, int | No
     return text_dim, audio_dim
 
 
-def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, classes: list[str], out_dir: Path, seed: int,
-              head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, experiment: str,
-              params: dict[str, str], inputs: dict[str, str], card: dict) -> dict:
-    """Fit one head; keep the checkpoint with the best validation UA (+ its model card); return record, history.
+def _mlflow_logger(tracking: dict | None, run_name: str, modality: str, fold: dict, *, n_train: int,
+                   n_val: int) -> MLFlowLogger | None:
+    """A Lightning MLflow logger for one (modality, fold) run nested under the pipeline's parent run."""
+    if tracking is None:
+        return None
+    setup_experiment(tracking["experiment"])
+    tags = {**run_tags("train", tracking["inputs"]), "modality": modality, "fold": fold["name"],
+            "mlflow.parentRunId": tracking["parent"]}
+    logger = MLFlowLogger(experiment_name=tracking["experiment"], tracking_uri=tracking_uri(), run_name=run_name,
+                          tags=tags, log_model=False)
+    logger.log_hyperparams({**tracking["params"], "modality": modality, "fold": fold["name"],
+                            "held_out": fold["held_out"], "n_train": n_train, "n_val": n_val})
+    return logger
 
-    `card` describes how the inputs were embedded (encoders' identities, audio pooling, sample rate); it is
-    written beside the checkpoint as `<name>.json` so that prediction embeds exactly as training did.
+
+def inverse_frequency_weights(labels: np.ndarray, n_classes: int) -> list[float]:
+    """Per-class loss weights n / (K * count) from the training part (absent classes get weight 0)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    return [float(len(labels) / (n_classes * c)) if c else 0.0 for c in counts]
+
+
+def train_one(features: Features, fold: dict, *, modality: str, classes: list[str], out_dir: Path, seed: int,
+              head: str, head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, class_weights: bool,
+              early_stopping: int, tracking: dict | None, card: dict) -> dict:
+    """Fit one head on one fold; keep the best checkpoint on validation; write model, card, history and record.
+
+    Outputs in `out_dir`: model.ckpt, model.json (the card: how inputs were embedded, so prediction embeds
+    exactly as training did), history.csv (per epoch) and run.json (the record, with the MLflow run id).
+    `tracking` holds experiment, params (flat), inputs (paths to hash) and parent (run id); None logs nothing.
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     train_rows, val_rows = features.rows(fold["train"]), features.rows(fold["val"])
     text_dim, audio_dim = _input_dims(features, modality)
-    model = EmotionClassifier(text_dim=text_dim, audio_dim=audio_dim, classes=classes, **head_kwargs)
+    weights = inverse_frequency_weights(features.y[train_rows], len(classes)) if class_weights else None
+    model = EmotionClassifier(text_dim=text_dim, audio_dim=audio_dim, classes=classes, head=head,
+                              class_weights=weights, **head_kwargs)
     train_set = _Rows(features, train_rows, modality)
     if standardize:  # statistics from the training part only
         if model.text_norm is not None:
@@ -99,35 +123,40 @@ def train_one(features: Features, fold: dict, *, modality: str, bar: tqdm, class
             model.audio_norm.fit(train_set.audio)
 
     run_name = f"{modality}/{fold['name']}"
-    setup_experiment(experiment)
-    logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri(), run_name=run_name,
-                          tags={**run_tags("train", inputs), "modality": modality, "fold": fold["name"]},
-                          log_model=False)
-    logger.log_hyperparams({**params, "modality": modality, "fold": fold["name"], "held_out": fold["held_out"],
-                            "n_train": len(train_rows), "n_val": len(val_rows)})
-    name = f"{modality}_{fold['name']}"
-    checkpoint = ModelCheckpoint(dirpath=out_dir, filename=name, monitor="val_select", mode="max", save_top_k=1,
+    logger = _mlflow_logger(tracking, run_name, modality, fold, n_train=len(train_rows), n_val=len(val_rows))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = ModelCheckpoint(dirpath=out_dir, filename="model", monitor="val_select", mode="max", save_top_k=1,
                                  enable_version_counter=False)
-    progress = EpochProgress(bar, run_name)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, deterministic=True,
-                         callbacks=[checkpoint, progress], enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=out_dir)
-    generator = torch.Generator().manual_seed(seed)
-    trainer.fit(model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator),
-                DataLoader(_Rows(features, val_rows, modality), batch_size=256))
+    callbacks: list[Callback] = [checkpoint]
+    if early_stopping:
+        callbacks.append(EarlyStopping(monitor="val_select", mode="max", patience=early_stopping))
+    with tqdm(total=epochs, desc=f"train {run_name}", unit="epoch", mininterval=1.0) as bar:
+        progress = EpochProgress(bar, run_name)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger if logger is not None else False,
+                             deterministic=True,
+                             callbacks=[*callbacks, progress], enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                             default_root_dir=out_dir)
+        generator = torch.Generator().manual_seed(seed)
+        trainer.fit(model, DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator),
+                    DataLoader(_Rows(features, val_rows, modality), batch_size=256))
     best = Path(checkpoint.best_model_path)
-    card_path = best.with_suffix(".json")
+    card_path = out_dir / "model.json"
     card_path.write_text(json.dumps({**card, "classes": classes, "modality": modality, "fold": fold["name"],
-                                     "checkpoint": best.name}, indent=2) + "\n")
-    logger.experiment.log_artifact(logger.run_id, str(best), artifact_path="checkpoint")
-    logger.experiment.log_artifact(logger.run_id, str(card_path), artifact_path="checkpoint")
-    record = {"modality": modality, "fold": fold["name"], "run_id": logger.run_id,
-              "checkpoint": os.path.relpath(best), "best_epoch": _best_epoch(progress.history)}
-    record["best_val_ua"] = next(h["val_ua"] for h in progress.history if h["epoch"] == record["best_epoch"])
-    log.info("%s: best val UA %.4f at epoch %d -> %s", run_name, record["best_val_ua"], record["best_epoch"],
-             record["checkpoint"])
-    return {"record": record, "history": [{"modality": modality, "fold": fold["name"], **h}
-                                          for h in progress.history]}
+                                     "head": head, "checkpoint": best.name}, indent=2) + "\n")
+    pd.DataFrame(progress.history).to_csv(out_dir / "history.csv", index=False)
+    if logger is not None:
+        for artifact in (best, card_path, out_dir / "history.csv"):
+            logger.experiment.log_artifact(logger.run_id, str(artifact), artifact_path="model")
+    best_epoch = _best_epoch(progress.history)
+    record = {"modality": modality, "fold": fold["name"], "held_out": fold["held_out"],
+              "run_id": logger.run_id if logger else None, "parent_run_id": tracking["parent"] if tracking else None,
+              "best_epoch": best_epoch, "epochs_run": len(progress.history),
+              "best_val_ua": next(h["val_ua"] for h in progress.history if h["epoch"] == best_epoch)}
+    (out_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("%s: best val UA %.4f at epoch %d of %d -> %s", run_name, record["best_val_ua"], best_epoch,
+             record["epochs_run"], best)
+    return record
 
 
 def _best_epoch(history: list[dict]) -> int:

@@ -1,4 +1,4 @@
-"""Evaluation protocols: leave-one-session-out, the paper's random 80/20, and speaker k-fold."""
+"""Evaluation protocols: leave-one-session-out, leave-one-speaker-out, the paper's random 80/20, speaker k-fold."""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ def make_folds(table: pd.DataFrame, *, protocol: str, seed: int, test_fraction: 
                              "use speaker_kfold for corpora without sessions")
         out = [_fold(f"fold{i + 1}", s, table, (table["session"] == s).to_numpy(), val_fraction=val_fraction,
                      seed=seed) for i, s in enumerate(sessions)]
+    elif protocol == "lospo":
+        # Leave one speaker out; validation is the other speaker of the held-out session (never seen in training).
+        if (table["session"] == "").any():
+            raise ValueError("split.protocol lospo needs sessions (validation is the held-out speaker's partner)")
+        out = []
+        for i, speaker in enumerate(sorted(table["speaker"].unique())):
+            session = table.loc[table["speaker"] == speaker, "session"].iloc[0]
+            partners = sorted(set(table.loc[table["session"] == session, "speaker"]) - {speaker})
+            if not partners:
+                raise ValueError(f"split.protocol lospo: session {session} has no second speaker for validation")
+            test = table["speaker"] == speaker
+            val = table["speaker"].isin(partners)
+            out.append({"name": f"fold{i + 1}", "held_out": speaker, "train": sorted(table.loc[~test & ~val, "id"]),
+                        "val": sorted(table.loc[val, "id"]), "test": sorted(table.loc[test, "id"])})
     elif protocol == "random":
         # The paper's split: utterance-level 80/20, here seeded.
         _, test = train_test_split(table["id"], test_size=test_fraction, random_state=seed)
@@ -57,7 +71,7 @@ def make_folds(table: pd.DataFrame, *, protocol: str, seed: int, test_fraction: 
             held = ",".join(sorted(table.loc[mask, "speaker"].unique()))
             out.append(_fold(f"fold{i + 1}", held, table, mask, val_fraction=val_fraction, seed=seed))
     else:
-        raise ValueError(f"unknown split.protocol {protocol!r}; allowed: loso, random, speaker_kfold")
+        raise ValueError(f"unknown split.protocol {protocol!r}; allowed: loso, lospo, random, speaker_kfold")
     for f in out:
         log.info("%s (held out %s): train %d, val %d, test %d", f["name"], f["held_out"], len(f["train"]),
                  len(f["val"]), len(f["test"]))

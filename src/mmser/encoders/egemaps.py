@@ -25,7 +25,7 @@ class EGeMAPSEncoder:
         return {"encoder": "egemaps", "feature_set": "eGeMAPSv02", "opensmile": opensmile.__version__,
                 "dim": self.dim}
 
-    def encode(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-        """A (1, 88) float32 array per waveform."""
-        return [self.smile.process_signal(w, self.sample_rate).to_numpy(dtype=np.float32).reshape(1, -1)
-                for w in waveforms]
+    def encode(self, waveforms: list) -> list[np.ndarray]:
+        """A (1, 88) float32 array per waveform (numpy arrays or CPU tensors)."""
+        return [self.smile.process_signal(np.asarray(w, dtype=np.float32), self.sample_rate)
+                .to_numpy(dtype=np.float32).reshape(1, -1) for w in waveforms]

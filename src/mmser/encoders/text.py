@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmser.encoders.device import resolve_device
+from mmser.encoders.device import autocast, autocast_dtype, precision_name, resolve_device
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
+from mmser.encoders.hf import fingerprint, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,15 @@ class TextEncoder:
 
     name = "text"
 
-    def __init__(self, *, model: str, pooling: str, max_length: int, device: str = "auto", batch_size: int = 64):
+    def __init__(self, *, model: str, pooling: str, max_length: int, device: str = "auto", batch_size: int = 64,
+                 precision: str = "auto"):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_model_path(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+            self._weights_sha256 = fingerprint(model_dir(path))
         except (OSError, ValueError) as err:  # ValueError: an id that is neither on disk nor valid
             raise _missing(model, err) from err
         # transformers initialises absent weights randomly: refuse rather than embed with noise.
@@ -61,19 +64,21 @@ class TextEncoder:
         if pooling == "pooler" and getattr(self.model, "pooler", None) is None:
             raise InvalidWeightsError(f"text encoder '{model}' has no pooler; use pooling: cls or mean")
         self.device = resolve_device(device)
-        self.model.eval().to(self.device)
+        self.model.eval().requires_grad_(False).to(self.device)
         self.model_name, self.pooling, self.max_length, self.batch_size = model, pooling, max_length, batch_size
+        self._autocast = autocast_dtype(precision, self.device)
         self.dim = int(self.model.config.hidden_size)
 
     def identity(self) -> dict:
-        """What determines the embeddings (for metadata and cache keys)."""
-        return {"encoder": "text", "model": self.model_name, "pooling": self.pooling,
-                "max_length": self.max_length, "dim": self.dim}
+        """What determines the embeddings (for metadata and cache keys): model and its files' hash, pooling, precision."""
+        return {"encoder": "text", "model": self.model_name, "weights_sha256": self._weights_sha256[:16],
+                "pooling": self.pooling, "max_length": self.max_length, "precision": precision_name(self._autocast),
+                "dim": self.dim}
 
     def _pool(self, out, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "pooler":
-            return out.pooler_output
-        hidden = out.last_hidden_state
+            return out.pooler_output.float()
+        hidden = out.last_hidden_state.float()  # pool in fp32 also under autocast
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -88,7 +93,7 @@ class TextEncoder:
         for idx in tqdm(batches, desc="extract_text", unit="batch", disable=not progress):
             batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            with autocast(self.device, self._autocast):
                 pooled = self._pool(self.model(**batch), batch["attention_mask"])
             out[idx] = pooled.float().cpu().numpy()
         return out

@@ -8,21 +8,27 @@ import torch
 from torch import nn
 
 from mmser.metrics import confusion, unweighted_accuracy, weighted_accuracy
-from mmser.models.server import ServerHead, Standardizer
+from mmser.models.heads import build_head
+from mmser.models.server import Standardizer
 
 
 class EmotionClassifier(pl.LightningModule):
-    """Cross-entropy on a head over (text, audio) embeddings; Adam + StepLR as the paper."""
+    """Cross-entropy on a head over (text, audio) embeddings; Adam + StepLR as the paper.
+
+    `class_weights` (one per class, or None) weights the loss, e.g. inverse training-part frequencies.
+    """
 
     def __init__(self, *, text_dim: int | None, audio_dim: int | None, classes: list[str], text_proj_dim: int,
-                 hidden_dim: int, dropout: float, lr: float, step_size: int, gamma: float):
+                 hidden_dim: int, dropout: float, lr: float, step_size: int, gamma: float, head: str = "server",
+                 class_weights: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.head = ServerHead(text_dim=text_dim, audio_dim=audio_dim, n_classes=len(classes),
+        self.head = build_head(head, text_dim=text_dim, audio_dim=audio_dim, n_classes=len(classes),
                                text_proj_dim=text_proj_dim, hidden_dim=hidden_dim, dropout=dropout)
         self.text_norm = Standardizer(text_dim) if text_dim else None
         self.audio_norm = Standardizer(audio_dim) if audio_dim else None
-        self.loss = nn.CrossEntropyLoss()
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.loss = nn.CrossEntropyLoss(weight=weight)
         self._val: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
     def forward(self, text: torch.Tensor | None, audio: torch.Tensor | None) -> torch.Tensor:

