@@ -22,7 +22,8 @@ def main(args: argparse.Namespace, params: dict) -> None:
     train_kwargs = dict(head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout,
                                          lr=p.lr, step_size=p.step_size, gamma=p.gamma),
                         epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize,
-                        class_weights=p.class_weights, early_stopping=p.early_stopping)
+                        class_weights=p.class_weights, early_stopping=p.early_stopping,
+                        audio_pooling=p.audio_pooling)
     result = compare_heads(features, folds, heads=heads.heads, modalities=p.modalities, classes=base.classes,
                            seed=base.seed, train_kwargs=train_kwargs,
                            resamples=params["evaluate"].bootstrap_resamples)

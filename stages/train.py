@@ -31,7 +31,7 @@ def main(args: argparse.Namespace, params: dict) -> None:
               head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout, lr=p.lr,
                                step_size=p.step_size, gamma=p.gamma),
               epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize, class_weights=p.class_weights,
-              early_stopping=p.early_stopping,
+              early_stopping=p.early_stopping, audio_pooling=p.audio_pooling,
               tracking={"experiment": experiment, "params": flat, "parent": parent_run(experiment, flatten_all(params),
                                                                                        args.params),
                         "inputs": {"table": args.table, "splits": args.splits, "text": args.text,

@@ -130,3 +130,15 @@ def test_pool_sum_and_mean() -> None:
     np.testing.assert_array_equal(pool(frames, "sum"), [[9.0, 12.0], [10.0, -2.0]])
     np.testing.assert_array_equal(pool(frames, "mean"), [[3.0, 4.0], [10.0, -2.0]])
     assert pool(frames, "sum").dtype == np.float32
+
+
+def test_pool_mean_std_and_padding() -> None:
+    from mmser.embeddings import pad_frames
+
+    frames = [np.array([[1.0, 2.0], [3.0, 6.0]]), np.array([[10.0, -2.0]])]
+    np.testing.assert_allclose(pool(frames, "mean_std"), [[2.0, 4.0, 1.0, 2.0], [10.0, -2.0, 0.0, 0.0]])
+    padded, lengths = pad_frames(frames)
+    assert padded.shape == (2, 2, 2) and lengths.tolist() == [2, 1]
+    np.testing.assert_array_equal(padded[1], [[10.0, -2.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="attention pools inside the model"):
+        pool(frames, "attention")

@@ -93,3 +93,41 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path: Path) ->
 def test_inverse_frequency_weights() -> None:
     weights = inverse_frequency_weights(np.array([0, 0, 0, 1]), 3)
     assert weights == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_attention_pool_ignores_padding() -> None:
+    from mmser.models.heads import AttentionPool
+
+    torch.manual_seed(0)
+    pool = AttentionPool(4)
+    frames = torch.randn(1, 3, 4)
+    padded = torch.cat([frames, torch.full((1, 5, 4), 1e3)], dim=1)  # garbage after the real frames
+    assert torch.allclose(pool(frames, torch.tensor([3])), pool(padded, torch.tensor([3])), atol=1e-6)
+    single = pool(frames[:, :1], torch.tensor([1]))
+    assert torch.allclose(single, frames[:, 0])  # one frame: its weight is 1
+
+
+def test_attention_pooling_trains_on_variable_length_frames(tmp_path: Path) -> None:
+    from mmser.embeddings import pad_frames
+    from mmser.evaluation import predict_fold
+
+    features, fold = _features()
+    rng = np.random.default_rng(1)
+    frames = [np.repeat(a[None], n, axis=0) + rng.normal(size=(n, a.shape[0])).astype(np.float32)
+              for a, n in zip(features.audio, rng.integers(1, 6, len(features.audio)))]
+    padded, lengths = pad_frames(frames)
+    attn = Features(list(features.index), [CLASSES[i] for i in features.y], CLASSES, features.text, padded,
+                    audio_lengths=lengths)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("x: 1\n")
+    record = train_one(attn, fold, modality="fusion", classes=CLASSES, out_dir=tmp_path / "attn", seed=7,
+                       head="server", head_kwargs=dict(text_proj_dim=16, hidden_dim=8, dropout=0.5, lr=1e-2,
+                                                       step_size=30, gamma=0.1),
+                       epochs=4, batch_size=8, standardize=True, class_weights=False, early_stopping=0,
+                       tracking=None, card={}, audio_pooling="attention")
+    assert record["run_id"] is None  # tracking=None logs nothing
+    model = EmotionClassifier.load_from_checkpoint(tmp_path / "attn" / "model.ckpt", map_location="cpu")
+    train_frames = np.concatenate([frames[i] for i in attn.rows(fold["train"])])
+    assert np.allclose(model.audio_norm.mean.numpy(), train_frames.mean(0), atol=1e-4)  # real frames only
+    probs = predict_fold(str(tmp_path / "attn" / "model.ckpt"), attn, fold["test"], "fusion")
+    assert probs.shape == (len(fold["test"]), 4) and np.allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -32,9 +32,21 @@ def load_embeddings(path: str | Path) -> tuple[list[str], list[np.ndarray], dict
 
 
 def pool(frames: list[np.ndarray], how: str) -> np.ndarray:
-    """One vector per utterance: `sum` (the paper, over VGGish's 0.96 s examples) or `mean` of its frames."""
-    reducers = {"sum": np.sum, "mean": np.mean}
-    if how not in reducers:
-        raise ValueError(f"unknown pooling {how!r}; allowed: {', '.join(reducers)}")
-    reduce = reducers[how]
-    return np.stack([reduce(f, axis=0) for f in frames]).astype(np.float32)
+    """One vector per utterance from its frames: `sum` (the paper, over VGGish's 0.96 s examples), `mean`, or
+    `mean_std` (mean and standard deviation concatenated). `attention` is learned: see pad_frames."""
+    if how == "sum":
+        return np.stack([f.sum(axis=0) for f in frames]).astype(np.float32)
+    if how == "mean":
+        return np.stack([f.mean(axis=0) for f in frames]).astype(np.float32)
+    if how == "mean_std":
+        return np.stack([np.concatenate([f.mean(axis=0), f.std(axis=0)]) for f in frames]).astype(np.float32)
+    raise ValueError(f"unknown pooling {how!r}; allowed: sum, mean, mean_std (attention pools inside the model)")
+
+
+def pad_frames(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T_max, D) zero-padded frames and (N,) lengths, for pooling learned inside the model (attention)."""
+    lengths = np.array([len(f) for f in frames], dtype=np.int64)
+    padded = np.zeros((len(frames), int(lengths.max(initial=1)), frames[0].shape[1] if frames else 0), np.float32)
+    for i, f in enumerate(frames):
+        padded[i, :len(f)] = f
+    return padded, lengths

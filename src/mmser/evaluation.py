@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mmser.metrics import bootstrap_draws, bootstrap_scores, confusion, percentile_interval, scores
 from mmser.models.module import EmotionClassifier
@@ -14,10 +13,7 @@ from mmser.training import Features
 def predict_fold(checkpoint: str, features: Features, test_ids: list[str], modality: str) -> np.ndarray:
     """Class probabilities of the test utterances under one checkpoint."""
     model = EmotionClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
-    rows = features.rows(test_ids)
-    text = torch.from_numpy(features.text[rows]) if modality in ("text", "fusion") else None
-    audio = torch.from_numpy(features.audio[rows]) if modality in ("audio", "fusion") else None
-    return model.predict_proba(text, audio)
+    return model.predict_proba(*features.batch(features.rows(test_ids), modality))
 
 
 def fold_order(predictions: pd.DataFrame) -> list[str]:

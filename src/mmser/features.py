@@ -5,21 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mmser.embeddings import load_embeddings, pool
+from mmser.embeddings import load_embeddings, pad_frames, pool
 from mmser.training import Features
 
 
-def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, dict]:
-    """Pooled embeddings of `path` in the order of `ids`; every id must be present."""
+def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Embeddings of `path` in the order of `ids` (every id must be present): pooled, or padded frames with
+    their lengths when the pooling is learned (attention)."""
     emb_ids, frames, identity = load_embeddings(path)
     index = {u: i for i, u in enumerate(emb_ids)}
     missing = [u for u in ids if u not in index]
     if missing:
         raise KeyError(f"{path}: {len(missing)} utterances have no embedding (e.g. {missing[0]}); rerun extraction")
     selected = [frames[index[u]] for u in ids]
-    if how == "mean_std":  # frame statistics: mean and standard deviation over the utterance's frames
-        return np.concatenate([pool(selected, "mean"), np.stack([f.std(axis=0) for f in selected])], axis=1), identity
-    return pool(selected, how), identity
+    if how == "attention":
+        padded, lengths = pad_frames(selected)
+        return padded, lengths, identity
+    return pool(selected, how), None, identity
 
 
 def load_features(table_path: str, text_path: str, audio_path: str, *, classes: list[str],
@@ -27,6 +29,7 @@ def load_features(table_path: str, text_path: str, audio_path: str, *, classes: 
     """Features for every utterance of the table, and the encoders' identities."""
     table = pd.read_csv(table_path, keep_default_na=False)
     ids = table["id"].tolist()
-    text, text_id = _aligned(text_path, ids, "mean")  # one vector per utterance: pooling is a no-op
-    audio, audio_id = _aligned(audio_path, ids, audio_pooling)
-    return Features(ids, table["label"].tolist(), classes, text, audio), {"text": text_id, "audio": audio_id}
+    text, _, text_id = _aligned(text_path, ids, "mean")  # one vector per utterance: pooling is a no-op
+    audio, lengths, audio_id = _aligned(audio_path, ids, audio_pooling)
+    features = Features(ids, table["label"].tolist(), classes, text, audio, audio_lengths=lengths)
+    return features, {"text": text_id, "audio": audio_id}

@@ -76,7 +76,7 @@ class TrainParams:
     modalities: list[Literal["text", "audio", "fusion"]]
     folds: list[int]
     head: Literal["server", "gated", "late"]
-    audio_pooling: Literal["sum", "mean", "mean_std"]
+    audio_pooling: Literal["sum", "mean", "mean_std", "attention"]
     standardize: bool
     class_weights: bool
     early_stopping: int

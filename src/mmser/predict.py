@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mmser.data.audio import audio_problem, load_audio
-from mmser.embeddings import pool
+from mmser.embeddings import pad_frames, pool
 from mmser.extract import build_audio_encoder
 from mmser.models.module import EmotionClassifier
 
@@ -168,15 +168,16 @@ class Predictor:
                 if wave is not None:
                     waves[i] = wave
         ok = [i for i in range(len(rows)) if errors[i] is None]
-        audio = self._embed_audio([waves[i] for i in ok], ok, errors) if self.uses_audio else None
+        audio, lengths = self._embed_audio([waves[i] for i in ok], ok, errors) if self.uses_audio else (None, None)
         ok_after = [i for i in ok if errors[i] is None]
         if audio is not None:
-            audio = audio[[ok.index(i) for i in ok_after]]
+            keep = [ok.index(i) for i in ok_after]
+            audio, lengths = audio[keep], lengths[keep]
         text = None
         if self.uses_text and ok_after:
             text = torch.from_numpy(self.text_encoder.encode([str(rows[i]["text"]) for i in ok_after],
                                                              progress=False))
-        probs = self.model.predict_proba(text, audio) if ok_after else np.zeros((0, len(self.classes)))
+        probs = self.model.predict_proba(text, audio, lengths) if ok_after else np.zeros((0, len(self.classes)))
         results = [{"label": None, "probs": None, "error": e} for e in errors]
         for i, p in zip(ok_after, probs):
             if not np.isfinite(p).all():
@@ -197,10 +198,12 @@ class Predictor:
             return f"audio {problem}", None
         return None, load_audio(str(path), self.sample_rate)
 
-    def _embed_audio(self, waves: list[np.ndarray], ids: list[int], errors: list[str | None]) -> torch.Tensor:
-        """Pooled audio vectors for `waves`; a clip the encoder rejects gets an error, the others go on."""
+    def _embed_audio(self, waves: list[np.ndarray], ids: list[int],
+                     errors: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio, frame counts) for `waves`, pooled as in training (or padded frames for attention pooling);
+        a clip the encoder rejects gets an error, the others go on."""
         if not waves:
-            return torch.zeros(0, int(self.model.hparams.audio_dim))
+            return torch.zeros(0, int(self.model.hparams.audio_dim)), torch.zeros(0, dtype=torch.int64)
         try:
             frames = self.audio_encoder.encode(waves)
         except Exception:  # isolate the failing clip: encode one by one
@@ -211,7 +214,10 @@ class Predictor:
                 except Exception as err:  # encoders raise several types on odd signals
                     errors[i] = f"audio encoder failed: {type(err).__name__}: {err}".replace("\n", " ")
                     frames.append(np.full((1, self.audio_encoder.dim), np.nan, dtype=np.float32))
-        return torch.from_numpy(pool(frames, self.audio_pooling))
+        if self.audio_pooling == "attention":
+            padded, lengths = pad_frames(frames)
+            return torch.from_numpy(padded), torch.from_numpy(lengths)
+        return torch.from_numpy(pool(frames, self.audio_pooling)), torch.ones(len(frames), dtype=torch.int64)
 
 
 def predictions_frame(results: list[dict], classes: list[str]):

@@ -30,10 +30,18 @@ class Features:
     """Pooled text and audio vectors for every utterance, addressable by id, plus integer labels."""
 
     def __init__(self, ids: list[str], labels: list[str], classes: list[str], text: np.ndarray | None,
-                 audio: np.ndarray | None):
+                 audio: np.ndarray | None, audio_lengths: np.ndarray | None = None):
         self.index = {utt: i for i, utt in enumerate(ids)}
         self.y = np.array([classes.index(label) for label in labels], dtype=np.int64)
         self.text, self.audio = text, audio
+        # Padded (N, T, D) audio frames come with their lengths; pooled (N, D) audio counts as one frame each.
+        self.audio_lengths = audio_lengths if audio_lengths is not None else np.ones(len(ids), dtype=np.int64)
+
+    def batch(self, rows: np.ndarray, modality: str) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(text, audio, audio_lengths) tensors of `rows` for `modality`; an unused modality is None."""
+        text = torch.from_numpy(self.text[rows]) if modality in ("text", "fusion") else None
+        audio = torch.from_numpy(self.audio[rows]) if modality in ("audio", "fusion") else None
+        return text, audio, torch.from_numpy(self.audio_lengths[rows])
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """Row numbers of `ids` (all must be known)."""
@@ -44,20 +52,20 @@ class Features:
 
 
 class _Rows(Dataset):
-    """(text, audio, label) for the selected rows; an absent modality is an empty tensor."""
+    """(text, audio, audio length, label) for the selected rows; an absent modality is an empty tensor."""
 
     def __init__(self, features: Features, rows: np.ndarray, modality: str):
+        text, audio, self.lengths = features.batch(rows, modality)
         empty = torch.zeros(len(rows), 0)
-        use_text, use_audio = modality in ("text", "fusion"), modality in ("audio", "fusion")
-        self.text = torch.from_numpy(features.text[rows]) if use_text else empty
-        self.audio = torch.from_numpy(features.audio[rows]) if use_audio else empty
+        self.text = text if text is not None else empty
+        self.audio = audio if audio is not None else empty
         self.y = torch.from_numpy(features.y[rows])
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int):
-        return self.text[i], self.audio[i], self.y[i]
+        return self.text[i], self.audio[i], self.lengths[i], self.y[i]
 
 
 class EpochProgress(Callback):
@@ -75,7 +83,7 @@ class EpochProgress(Callback):
 
 def _input_dims(features: Features, modality: str) -> tuple[int | None, int | None]:
     text_dim = features.text.shape[1] if modality in ("text", "fusion") else None
-    audio_dim = features.audio.shape[1] if modality in ("audio", "fusion") else None
+    audio_dim = features.audio.shape[-1] if modality in ("audio", "fusion") else None
     return text_dim, audio_dim
 
 
@@ -102,7 +110,7 @@ def inverse_frequency_weights(labels: np.ndarray, n_classes: int) -> list[float]
 
 def train_one(features: Features, fold: dict, *, modality: str, classes: list[str], out_dir: Path, seed: int,
               head: str, head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, class_weights: bool,
-              early_stopping: int, tracking: dict | None, card: dict) -> dict:
+              early_stopping: int, tracking: dict | None, card: dict, audio_pooling: str = "sum") -> dict:
     """Fit one head on one fold; keep the best checkpoint on validation; write model, card, history and record.
 
     Outputs in `out_dir`: model.ckpt, model.json (the card: how inputs were embedded, so prediction embeds
@@ -114,13 +122,15 @@ def train_one(features: Features, fold: dict, *, modality: str, classes: list[st
     text_dim, audio_dim = _input_dims(features, modality)
     weights = inverse_frequency_weights(features.y[train_rows], len(classes)) if class_weights else None
     model = EmotionClassifier(text_dim=text_dim, audio_dim=audio_dim, classes=classes, head=head,
-                              class_weights=weights, **head_kwargs)
+                              class_weights=weights, audio_pooling=audio_pooling, **head_kwargs)
     train_set = _Rows(features, train_rows, modality)
-    if standardize:  # statistics from the training part only
+    if standardize:  # statistics from the training part only (audio: over its real frames, not the padding)
         if model.text_norm is not None:
             model.text_norm.fit(train_set.text)
         if model.audio_norm is not None:
-            model.audio_norm.fit(train_set.audio)
+            frames = train_set.audio if train_set.audio.dim() == 2 else torch.cat(
+                [a[:n] for a, n in zip(train_set.audio, train_set.lengths)])
+            model.audio_norm.fit(frames)
 
     run_name = f"{modality}/{fold['name']}"
     logger = _mlflow_logger(tracking, run_name, modality, fold, n_train=len(train_rows), n_val=len(val_rows))

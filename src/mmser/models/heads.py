@@ -57,6 +57,20 @@ class LateFusionHead(nn.Module):
         return w[0] * self.text(text) + w[1] * self.audio(audio)
 
 
+class AttentionPool(nn.Module):
+    """Learned attention over an utterance's frames (e.g. VGGish's 0.96 s vectors); padding gets no weight."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frames, (B,) lengths -> (B, D) attention-weighted sums."""
+        valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths[:, None]
+        scores = self.score(frames).squeeze(-1).masked_fill(~valid, float("-inf"))
+        return (torch.softmax(scores, dim=1).unsqueeze(-1) * frames).sum(dim=1)
+
+
 HEADS = {"server": ServerHead, "gated": GatedHead, "late": LateFusionHead}
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmser.metrics import confusion, unweighted_accuracy, weighted_accuracy
-from mmser.models.heads import build_head
+from mmser.models.heads import AttentionPool, build_head
 from mmser.models.server import Standardizer
 
 
@@ -20,33 +20,38 @@ class EmotionClassifier(pl.LightningModule):
 
     def __init__(self, *, text_dim: int | None, audio_dim: int | None, classes: list[str], text_proj_dim: int,
                  hidden_dim: int, dropout: float, lr: float, step_size: int, gamma: float, head: str = "server",
-                 class_weights: list[float] | None = None):
+                 class_weights: list[float] | None = None, audio_pooling: str = "sum"):
         super().__init__()
         self.save_hyperparameters()
         self.head = build_head(head, text_dim=text_dim, audio_dim=audio_dim, n_classes=len(classes),
                                text_proj_dim=text_proj_dim, hidden_dim=hidden_dim, dropout=dropout)
         self.text_norm = Standardizer(text_dim) if text_dim else None
         self.audio_norm = Standardizer(audio_dim) if audio_dim else None
+        # Pooling of audio frames learned with the head; other poolings happen before training (features).
+        self.audio_pool = AttentionPool(audio_dim) if audio_dim and audio_pooling == "attention" else None
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.loss = nn.CrossEntropyLoss(weight=weight)
         self._val: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
-    def forward(self, text: torch.Tensor | None, audio: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, text: torch.Tensor | None, audio: torch.Tensor | None,
+                audio_lengths: torch.Tensor | None = None) -> torch.Tensor:
         if self.text_norm is not None:
             text = self.text_norm(text)
         if self.audio_norm is not None:
             audio = self.audio_norm(audio)
+        if self.audio_pool is not None:
+            audio = self.audio_pool(audio, audio_lengths)
         return self.head(text=text, audio=audio)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        text, audio, y = batch
-        loss = self.loss(self(text, audio), y)
+        text, audio, lengths, y = batch
+        loss = self.loss(self(text, audio, lengths), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        text, audio, y = batch
-        logits = self(text, audio)
+        text, audio, lengths, y = batch
+        logits = self(text, audio, lengths)
         loss = self.loss(logits, y)
         self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         self._val.append((logits.argmax(-1).cpu(), y.cpu(), float(loss) * len(y)))
@@ -65,10 +70,11 @@ class EmotionClassifier(pl.LightningModule):
         self.log("val_select", ua - 1e-4 * min(mean_loss, 10.0))
 
     @torch.inference_mode()
-    def predict_proba(self, text: torch.Tensor | None, audio: torch.Tensor | None) -> np.ndarray:
+    def predict_proba(self, text: torch.Tensor | None, audio: torch.Tensor | None,
+                      audio_lengths: torch.Tensor | None = None) -> np.ndarray:
         """Class probabilities for a batch (eval mode)."""
         self.eval()
-        return torch.softmax(self(text, audio), dim=-1).cpu().numpy()
+        return torch.softmax(self(text, audio, audio_lengths), dim=-1).cpu().numpy()
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
