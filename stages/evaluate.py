@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmser.evaluation import predict_fold, pooled_confusion, results_markdown, summarise
+from mmser.evaluation import fold_predictions, results_markdown, summarise, write_reports
 from mmser.features import load_features
 from mmser.params import flatten
-from mmser.plots import confusion_png, curves_png
 from mmser.pyfunc import register_best
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
@@ -29,35 +28,15 @@ def main(args, params: dict) -> None:
     if len(train.folds) < len(tests):
         log.warning("evaluating %d of the %d folds of split.protocol %s (train.folds)", len(train.folds), len(tests),
                     splits["protocol"])
-    frames = []
-    for run in runs:
-        checkpoint = Path(args.models) / run["modality"] / run["fold"] / "model.ckpt"
-        probs = predict_fold(str(checkpoint), features, tests[run["fold"]], run["modality"])
-        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
-        frame.insert(0, "id", tests[run["fold"]])
-        frame.insert(1, "modality", run["modality"])
-        frame.insert(2, "fold", run["fold"])
-        frame["true_idx"] = features.y[features.rows(tests[run["fold"]])]
-        frame["pred_idx"] = probs.argmax(axis=1)
-        frames.append(frame)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions["label"] = [classes[i] for i in predictions["true_idx"]]
-    predictions["pred"] = [classes[i] for i in predictions["pred_idx"]]
+    predictions = pd.concat([fold_predictions(str(Path(args.models) / r["modality"] / r["fold"] / "model.ckpt"),
+                                              features, tests[r["fold"]], modality=r["modality"],
+                                              label=r["modality"], fold=r["fold"], classes=classes)
+                             for r in runs], ignore_index=True)
     summary = summarise(predictions, classes, resamples=evaluate.bootstrap_resamples, seed=base.seed)
-
-    reports = Path(args.reports)
-    (reports / "predictions").mkdir(parents=True, exist_ok=True)
-    (reports / "plots").mkdir(parents=True, exist_ok=True)
     history = pd.concat([pd.read_csv(Path(args.models) / r["modality"] / r["fold"] / "history.csv").assign(
         modality=r["modality"], fold=r["fold"]) for r in runs], ignore_index=True)
-    for modality, rows in predictions.groupby("modality", sort=False):
-        rows.drop(columns=["modality", "true_idx", "pred_idx"]).to_csv(reports / "predictions" / f"{modality}.csv",
-                                                                       index=False)
-        s = summary[modality]
-        confusion_png(pooled_confusion(rows, len(classes)), classes, reports / "plots" / f"confusion_{modality}.png",
-                      f"{modality}: UA {s['ua']:.3f}, WA {s['wa']:.3f} (all test folds)")
-        curves_png(history[history["modality"] == modality], reports / "plots" / f"curves_{modality}.png",
-                   f"{modality} training curves")
+    reports = Path(args.reports)
+    write_reports(predictions, summary, history, classes, reports)
     corpus = params["data"].source
     (reports / "results.md").write_text(results_markdown(summary, corpus=corpus, protocol=splits["protocol"]))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmser.evaluation import fold_order, fold_pairs, paired_ua_test, predict_fold, summarise
+from mmser.evaluation import fold_order, fold_pairs, fold_predictions, paired_ua_test, summarise
 from mmser.training import Features, train_one
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,9 @@ def compare_heads(features: Features, folds: list[dict], *, heads: list[str], mo
                     record = train_one(features, fold, modality=modality, classes=classes, out_dir=out, seed=seed,
                                        head=head, tracking=None, card={}, **train_kwargs)
                     records.append({"head": head, **record})
-                    probs = predict_fold(str(out / "model.ckpt"), features, fold["test"], modality)
-                    frames.append(pd.DataFrame({"id": fold["test"], "modality": f"{head}/{modality}",
-                                                "fold": fold["name"], "true_idx": features.y[features.rows(fold["test"])],
-                                                "pred_idx": probs.argmax(axis=1)}))
+                    frames.append(fold_predictions(str(out / "model.ckpt"), features, fold["test"],
+                                                   modality=modality, label=f"{head}/{modality}",
+                                                   fold=fold["name"], classes=classes))
     predictions = pd.concat(frames, ignore_index=True)
     summary = summarise(predictions, classes, resamples=resamples, seed=seed)
     val = pd.DataFrame(records).groupby(["head", "modality"])["best_val_ua"].mean()

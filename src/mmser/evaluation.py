@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -14,6 +16,38 @@ def predict_fold(checkpoint: str, features: Features, test_ids: list[str], modal
     """Class probabilities of the test utterances under one checkpoint."""
     model = EmotionClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     return model.predict_proba(*features.batch(features.rows(test_ids), modality))
+
+
+def fold_predictions(checkpoint: str, features: Features, test_ids: list[str], *, modality: str, label: str,
+                     fold: str, classes: list[str]) -> pd.DataFrame:
+    """One row per test utterance: id, modality `label`, fold, p_<class>..., true/predicted index and class."""
+    probs = predict_fold(checkpoint, features, test_ids, modality)
+    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+    frame.insert(0, "id", test_ids)
+    frame.insert(1, "modality", label)
+    frame.insert(2, "fold", fold)
+    frame["true_idx"] = features.y[features.rows(test_ids)]
+    frame["pred_idx"] = probs.argmax(axis=1)
+    frame["label"] = [classes[i] for i in frame["true_idx"]]
+    frame["pred"] = [classes[i] for i in frame["pred_idx"]]
+    return frame
+
+
+def write_reports(predictions: pd.DataFrame, summary: dict, history: pd.DataFrame, classes: list[str],
+                  reports: Path) -> None:
+    """Per modality: predictions CSV (for `dvc plots`), confusion matrix and training curves as PNG."""
+    from mmser.plots import confusion_png, curves_png
+
+    (reports / "predictions").mkdir(parents=True, exist_ok=True)
+    (reports / "plots").mkdir(parents=True, exist_ok=True)
+    for modality, rows in predictions.groupby("modality", sort=False):
+        rows.drop(columns=["modality", "true_idx", "pred_idx"]).to_csv(reports / "predictions" / f"{modality}.csv",
+                                                                       index=False)
+        s = summary[modality]
+        confusion_png(pooled_confusion(rows, len(classes)), classes, reports / "plots" / f"confusion_{modality}.png",
+                      f"{modality}: UA {s['ua']:.3f}, WA {s['wa']:.3f} (all test folds)")
+        curves_png(history[history["modality"] == modality], reports / "plots" / f"curves_{modality}.png",
+                   f"{modality} training curves")
 
 
 def fold_order(predictions: pd.DataFrame) -> list[str]:

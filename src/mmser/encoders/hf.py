@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 # Files whose bytes determine what an encoder computes (weights, configs, vocabularies).
 _SKIP = {".gitattributes", "README.md"}
@@ -35,3 +36,17 @@ def fingerprint(directory: Path) -> str:
                 content = hashlib.file_digest(fh, "sha256").hexdigest()
         digest.update(f"{f.relative_to(directory)}\0{content}\n".encode())
     return digest.hexdigest()
+
+
+def load_local(path: str, preprocessor_cls: Any, on_missing: Callable[[Exception], Exception]
+               ) -> tuple[Any, Any, dict, str]:
+    """(preprocessor, model, loading info, fingerprint) from local files only; absent files raise on_missing(err)."""
+    from transformers import AutoModel
+
+    try:
+        preprocessor = preprocessor_cls.from_pretrained(path, local_files_only=True)
+        model, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        return preprocessor, model, info, fingerprint(model_dir(path))
+    except (OSError, ValueError) as err:  # ValueError: an id that is neither on disk nor valid
+        raise on_missing(err) from err
+

@@ -19,7 +19,7 @@ import torch
 
 from mmser.encoders.device import as_device_tensor, autocast, autocast_dtype, precision_name, resolve_device
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
-from mmser.encoders.hf import fingerprint, model_dir
+from mmser.encoders.hf import load_local
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,10 @@ class SSLEncoder:
 
     def __init__(self, *, model: str, layer: str | int = "last", device: str = "auto", batch_size: int = 8,
                  precision: str = "auto", sample_rate: int = 16000):
-        from transformers import AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor
 
-        try:
-            self.feature_extractor = AutoFeatureExtractor.from_pretrained(model, local_files_only=True)
-            self.model, info = AutoModel.from_pretrained(model, local_files_only=True, output_loading_info=True)
-            self._weights_sha256 = fingerprint(model_dir(model))
-        except (OSError, ValueError) as err:  # ValueError: an id that is neither on disk nor valid
-            raise _missing(model, err) from err
+        self.feature_extractor, self.model, info, self._weights_sha256 = load_local(
+            model, AutoFeatureExtractor, lambda err: _missing(model, err))
         missing = [k for k in info["missing_keys"] if not k.endswith(_UNUSED)]
         if missing:  # transformers would initialise them randomly: refuse rather than embed with noise
             raise InvalidWeightsError(f"speech encoder '{model}' lacks weights {sorted(missing)[:5]}; they would be "

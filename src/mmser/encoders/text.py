@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from mmser.encoders.device import autocast, autocast_dtype, precision_name, resolve_device
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
-from mmser.encoders.hf import fingerprint, model_dir
+from mmser.encoders.hf import load_local
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,10 @@ class TextEncoder:
 
     def __init__(self, *, model: str, pooling: str, max_length: int, device: str = "auto", batch_size: int = 64,
                  precision: str = "auto"):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        path = resolve_model_path(model)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
-            self._weights_sha256 = fingerprint(model_dir(path))
-        except (OSError, ValueError) as err:  # ValueError: an id that is neither on disk nor valid
-            raise _missing(model, err) from err
+        self.tokenizer, self.model, info, self._weights_sha256 = load_local(
+            resolve_model_path(model), AutoTokenizer, lambda err: _missing(model, err))
         # transformers initialises absent weights randomly: refuse rather than embed with noise.
         missing = [k for k in info["missing_keys"] if pooling == "pooler" or not k.startswith("pooler.")]
         if missing:
