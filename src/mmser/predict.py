@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmser.data.audio import audio_problem, load_audio
+from mmser.data.audio import read_checked
 from mmser.embeddings import pad_frames, pool
 from mmser.extract import build_audio_encoder
 from mmser.models.module import EmotionClassifier
@@ -193,10 +193,8 @@ class Predictor:
             return "no audio path", None
         if not Path(str(path)).is_file():
             return f"audio file not found: {path}", None
-        problem, _ = audio_problem(str(path), self.sample_rate)
-        if problem:
-            return f"audio {problem}", None
-        return None, load_audio(str(path), self.sample_rate)
+        problem, wave = read_checked(str(path), self.sample_rate)
+        return (f"audio {problem}", None) if problem else (None, wave)
 
     def _embed_audio(self, waves: list[np.ndarray], ids: list[int],
                      errors: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:

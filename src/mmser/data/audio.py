@@ -19,17 +19,22 @@ def load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def audio_problem(path: str, sample_rate: int = 16000) -> tuple[str | None, float]:
-    """(reason the file is unusable or None, duration in seconds) — never raises for a bad file."""
+def read_checked(path: str, sample_rate: int = 16000) -> tuple[str | None, np.ndarray | None]:
+    """(reason the file is unusable or None, waveform if it decoded): decodes once, never raises for a bad file."""
     try:
         wave = load_audio(path, sample_rate)
     except Exception as err:  # soundfile raises several types for broken files
-        return f"undecodable: {type(err).__name__}: {err}".replace("\n", " "), 0.0
-    duration = wave.size / sample_rate
+        return f"undecodable: {type(err).__name__}: {err}".replace("\n", " "), None
     if wave.size == 0:
-        return "empty", 0.0
+        return "empty", None
     if not np.isfinite(wave).all():
-        return "non_finite_samples", duration
+        return "non_finite_samples", wave
     if np.abs(wave).max() < SILENCE_PEAK:
-        return "silent", duration
-    return None, duration
+        return "silent", wave
+    return None, wave
+
+
+def audio_problem(path: str, sample_rate: int = 16000) -> tuple[str | None, float]:
+    """(reason the file is unusable or None, duration in seconds) — never raises for a bad file."""
+    problem, wave = read_checked(path, sample_rate)
+    return problem, (wave.size / sample_rate if wave is not None else 0.0)
