@@ -50,3 +50,12 @@ def pad_frames(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     for i, f in enumerate(frames):
         padded[i, :len(f)] = f
     return padded, lengths
+
+
+def audio_inputs(frames: list[np.ndarray], how: str) -> tuple[np.ndarray, np.ndarray]:
+    """What a head takes for `how`: pooled (N, D) vectors with unit lengths, or padded frames and their
+    lengths for pooling learned inside the model (attention)."""
+    if how == "attention":
+        return pad_frames(frames)
+    return pool(frames, how), np.ones(len(frames), dtype=np.int64)
+

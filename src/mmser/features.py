@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mmser.embeddings import load_embeddings, pad_frames, pool
+from mmser.embeddings import audio_inputs, load_embeddings
 from mmser.training import Features
 
 
-def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Embeddings of `path` in the order of `ids` (every id must be present): pooled, or padded frames with
     their lengths when the pooling is learned (attention)."""
     emb_ids, frames, identity = load_embeddings(path)
@@ -17,11 +17,8 @@ def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, np.ndarra
     missing = [u for u in ids if u not in index]
     if missing:
         raise KeyError(f"{path}: {len(missing)} utterances have no embedding (e.g. {missing[0]}); rerun extraction")
-    selected = [frames[index[u]] for u in ids]
-    if how == "attention":
-        padded, lengths = pad_frames(selected)
-        return padded, lengths, identity
-    return pool(selected, how), None, identity
+    values, lengths = audio_inputs([frames[index[u]] for u in ids], how)
+    return values, lengths, identity
 
 
 def load_features(table_path: str, text_path: str, audio_path: str, *, classes: list[str],

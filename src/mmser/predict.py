@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mmser.data.audio import read_checked
-from mmser.embeddings import pad_frames, pool
+from mmser.embeddings import audio_inputs
 from mmser.extract import build_audio_encoder
 from mmser.models.module import EmotionClassifier
 
@@ -212,10 +212,8 @@ class Predictor:
                 except Exception as err:  # encoders raise several types on odd signals
                     errors[i] = f"audio encoder failed: {type(err).__name__}: {err}".replace("\n", " ")
                     frames.append(np.full((1, self.audio_encoder.dim), np.nan, dtype=np.float32))
-        if self.audio_pooling == "attention":
-            padded, lengths = pad_frames(frames)
-            return torch.from_numpy(padded), torch.from_numpy(lengths)
-        return torch.from_numpy(pool(frames, self.audio_pooling)), torch.ones(len(frames), dtype=torch.int64)
+        values, lengths = audio_inputs(frames, self.audio_pooling)
+        return torch.from_numpy(values), torch.from_numpy(lengths)
 
 
 def predictions_frame(results: list[dict], classes: list[str]):
