@@ -8,7 +8,6 @@ error, never a silent wrong answer. Bad input (a missing or undecodable file, em
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ class ModelMismatchError(RuntimeError):
 
 
 def card_path(checkpoint: str | Path) -> Path:
-    """The model card written beside a checkpoint (`models/fusion_fold1.ckpt` -> `models/fusion_fold1.json`)."""
+    """The model card written beside a checkpoint (`models/fusion/fold1/model.ckpt` -> `.../model.json`)."""
     return Path(checkpoint).with_suffix(".json")
 
 
@@ -70,29 +69,20 @@ def _check_identity(kind: str, expected: dict, rebuilt: dict) -> None:
         log.warning("the model card does not record the %s encoder's %s; not checked", kind, ", ".join(unrecorded))
 
 
-def _accepted(func, **kwargs) -> dict:
-    """The keyword arguments `func` takes (encoders gain options over time; older ones lack them)."""
-    params = inspect.signature(func).parameters
-    return {k: v for k, v in kwargs.items() if k in params and v is not None}
-
-
 def _build_text_encoder(ident: dict, device: str):
     """The text encoder a card's identity describes."""
     from mmser.encoders.text import TextEncoder
 
     return TextEncoder(model=ident["model"], pooling=ident["pooling"], max_length=int(ident["max_length"]),
-                       **_accepted(TextEncoder.__init__, device=device,
-                                   precision=_PRECISION_ARG.get(ident.get("precision"))))
+                       device=device, precision=_PRECISION_ARG.get(ident.get("precision"), "auto"))
 
 
 def _build_audio_encoder(ident: dict, *, sample_rate: int, vggish_weights_dir: str | None, device: str):
     """The audio encoder a card's identity describes (egemaps, vggish, ssl)."""
-    options = dict(vggish_weights_dir=vggish_weights_dir, postprocess=ident.get("postprocess"), device=device,
-                   precision=_PRECISION_ARG.get(ident.get("precision")))
-    if ident["encoder"] == "ssl":
-        options.update(ssl_model=ident.get("model"), ssl_layer=ident.get("layer"))
     return build_audio_encoder(encoder=ident["encoder"], sample_rate=sample_rate,
-                               **_accepted(build_audio_encoder, batch_size=64, **options))
+                               vggish_weights_dir=vggish_weights_dir, postprocess=ident.get("postprocess", True),
+                               device=device, precision=_PRECISION_ARG.get(ident.get("precision"), "auto"),
+                               ssl_model=ident.get("model"), ssl_layer=ident.get("layer", "last"))
 
 
 def _missing(value) -> bool:
