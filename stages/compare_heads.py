@@ -11,6 +11,7 @@ from mmser.features import load_features
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import stage_run
+from mmser.training import train_options
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
@@ -19,13 +20,8 @@ def main(args: argparse.Namespace, params: dict) -> None:
                                 audio_pooling=p.audio_pooling)
     folds = [f for f in json.loads(Path(args.splits).read_text())["folds"]
              if int(f["name"].removeprefix("fold")) in p.folds]
-    train_kwargs = dict(head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout,
-                                         lr=p.lr, step_size=p.step_size, gamma=p.gamma),
-                        epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize,
-                        class_weights=p.class_weights, early_stopping=p.early_stopping,
-                        audio_pooling=p.audio_pooling)
     result = compare_heads(features, folds, heads=heads.heads, modalities=p.modalities, classes=base.classes,
-                           seed=base.seed, train_kwargs=train_kwargs,
+                           seed=base.seed, train_kwargs=train_options(p),
                            resamples=params["evaluate"].bootstrap_resamples)
     with stage_run("compare_heads", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params={**flatten("train", p), **flatten("compare_heads", heads)},

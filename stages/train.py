@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 from mmser.features import load_features
-from mmser.params import flatten, flatten_all
-from mmser.stage import run_stage
-from mmser.tracking import parent_run
-from mmser.training import train_one
+from mmser.params import flatten
+from mmser.stage import pipeline_parent, run_stage
+from mmser.training import train_one, train_options
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
@@ -27,13 +26,8 @@ def main(args: argparse.Namespace, params: dict) -> None:
     flat = {**flatten("base", base), **flatten("train", p),
             **{f"encoder.{m}.{k}": str(v) for m, ident in encoders.items() for k, v in ident.items()}}
     train_one(features, folds[name], modality=args.modality, classes=base.classes, out_dir=Path(args.out),
-              seed=base.seed, head=p.head,
-              head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout, lr=p.lr,
-                               step_size=p.step_size, gamma=p.gamma),
-              epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize, class_weights=p.class_weights,
-              early_stopping=p.early_stopping, audio_pooling=p.audio_pooling,
-              tracking={"experiment": experiment, "params": flat, "parent": parent_run(experiment, flatten_all(params),
-                                                                                       args.params),
+              seed=base.seed, head=p.head, **train_options(p),
+              tracking={"experiment": experiment, "params": flat, "parent": pipeline_parent(params, args),
                         "inputs": {"table": args.table, "splits": args.splits, "text": args.text,
                                    "audio": args.audio}},
               card={"encoders": encoders, "audio_pooling": p.audio_pooling, "sample_rate": base.sample_rate})

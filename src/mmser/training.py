@@ -102,6 +102,14 @@ def _mlflow_logger(tracking: dict | None, run_name: str, modality: str, fold: di
     return logger
 
 
+def train_options(p) -> dict:
+    """train_one's keyword arguments from the `train` params section (all but head and the per-run ones)."""
+    return dict(head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout,
+                                 lr=p.lr, step_size=p.step_size, gamma=p.gamma),
+                epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize, class_weights=p.class_weights,
+                early_stopping=p.early_stopping, audio_pooling=p.audio_pooling)
+
+
 def inverse_frequency_weights(labels: np.ndarray, n_classes: int) -> list[float]:
     """Per-class loss weights n / (K * count) from the training part (absent classes get weight 0)."""
     counts = np.bincount(labels, minlength=n_classes).astype(float)
