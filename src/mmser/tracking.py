@@ -43,11 +43,8 @@ def setup_experiment(name: str) -> str:
 
 def file_md5(path: str | Path) -> str:
     """MD5 of a file's bytes: the hash `dvc.lock` records for a file dependency."""
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _git_commit() -> str:
