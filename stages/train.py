@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mmser.distributed import is_launch_rank_zero
 from mmser.features import load_features
 from mmser.params import flatten
 from mmser.stage import pipeline_parent, run_stage
@@ -23,14 +24,19 @@ def main(args: argparse.Namespace, params: dict) -> None:
         raise ValueError(f"train.folds lists {args.fold}, but split.protocol {splits['protocol']} made "
                          f"{len(folds)} fold(s); set train.folds to a subset of 1..{len(folds)}")
     experiment = params["tracking"].experiment
+    launch = params["distributed"]
+    # Under DDP this script runs once per process; only global rank 0 opens MLflow runs and writes outputs.
+    rank_zero = is_launch_rank_zero(launch)
     flat = {**flatten("base", base), **flatten("train", p),
             **{f"encoder.{m}.{k}": str(v) for m, ident in encoders.items() for k, v in ident.items()}}
     train_one(features, folds[name], modality=args.modality, classes=base.classes, out_dir=Path(args.out),
               seed=base.seed, head=p.head, **train_options(p),
-              tracking={"experiment": experiment, "params": flat, "parent": pipeline_parent(params, args),
+              tracking={"experiment": experiment, "params": {**flat, **flatten("distributed", launch)},
+                        "parent": pipeline_parent(params, args),
                         "inputs": {"table": args.table, "splits": args.splits, "text": args.text,
-                                   "audio": args.audio}},
-              card={"encoders": encoders, "audio_pooling": p.audio_pooling, "sample_rate": base.sample_rate})
+                                   "audio": args.audio}} if rank_zero else None,
+              card={"encoders": encoders, "audio_pooling": p.audio_pooling, "sample_rate": base.sample_rate},
+              distributed=launch)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ def test_optional_value_accepts_null_and_string(tmp_path: Path, raw: dict[str, A
     ("evaluate", "bootstrap_resamples", 10),
     ("extract_text", "device", "tpu"),
     ("data", "min_duration", -1.0),
+    ("distributed", "devices", 0),
+    ("distributed", "num_nodes", 0),
 ])
 def test_range_checks_name_the_key(tmp_path: Path, raw: dict[str, Any], section: str, key: str,
                                    value: Any) -> None:
@@ -129,6 +131,18 @@ def test_range_checks_name_the_key(tmp_path: Path, raw: dict[str, Any], section:
         load_params(_variant(tmp_path, raw, section, key, value))
     assert f"{section}.{key}" in str(err.value)
     assert "not allowed" in str(err.value)
+
+
+def test_distributed_strategy_must_fit_the_process_count(tmp_path: Path, raw: dict[str, Any]) -> None:
+    data = copy.deepcopy(raw)
+    data["distributed"].update(strategy="single", devices=2)
+    with pytest.raises(ParamsError, match=r"distributed.strategy = 'single' .* set devices: 1"):
+        load_params(_write(tmp_path, data))
+    data["distributed"].update(strategy="ddp_spawn", devices=1, num_nodes=2)
+    with pytest.raises(ParamsError, match="ddp_spawn starts its processes on one node"):
+        load_params(_write(tmp_path, data))
+    data["distributed"].update(strategy="ddp")
+    assert load_params(_write(tmp_path, data))["distributed"].num_nodes == 2
 
 
 def test_unknown_section(tmp_path: Path, raw: dict[str, Any]) -> None:

@@ -105,6 +105,14 @@ class TrackingParams:
     experiment: str
 
 
+@dataclasses.dataclass(frozen=True)
+class DistributedParams:
+    accelerator: Literal["cpu", "gpu", "auto"]
+    devices: int
+    num_nodes: int
+    strategy: Literal["single", "ddp", "ddp_spawn"]
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "demo": DemoParams,
@@ -116,6 +124,7 @@ SECTIONS: dict[str, type] = {
     "compare_heads": CompareHeadsParams,
     "evaluate": EvaluateParams,
     "tracking": TrackingParams,
+    "distributed": DistributedParams,
 }
 
 MODALITIES = ("text", "audio", "fusion")
@@ -227,6 +236,13 @@ def _check_values(name: str, p: Any) -> None:
         need(p.bootstrap_resamples >= 100, "bootstrap_resamples", "need >= 100 for a usable interval")
     elif name == "data":
         need(p.min_duration >= 0.0, "min_duration", "need >= 0")
+    elif name == "distributed":
+        need(p.devices >= 1, "devices", "need >= 1 (processes per node)")
+        need(p.num_nodes >= 1, "num_nodes", "need >= 1")
+        need(p.strategy != "single" or (p.devices == 1 and p.num_nodes == 1), "strategy",
+             "single runs one process: set devices: 1 and num_nodes: 1, or strategy: ddp / ddp_spawn")
+        need(p.strategy != "ddp_spawn" or p.num_nodes == 1, "strategy",
+             "ddp_spawn starts its processes on one node; use ddp (or torchrun) across nodes")
     elif name == "train":
         need(len(p.modalities) >= 1 and len(set(p.modalities)) == len(p.modalities), "modalities",
              f"need a non-empty list of distinct {MODALITIES}")

@@ -46,14 +46,14 @@ class EmotionClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         text, audio, lengths, y = batch
         loss = self.loss(self(text, audio, lengths), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         text, audio, lengths, y = batch
         logits = self(text, audio, lengths)
         loss = self.loss(logits, y)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self._val.append((logits.argmax(-1).cpu(), y.cpu(), float(loss) * len(y)))
 
     def on_validation_epoch_end(self) -> None:
@@ -63,11 +63,13 @@ class EmotionClassifier(pl.LightningModule):
         self._val.clear()
         matrix = confusion(true, pred, len(self.hparams.classes))
         ua = unweighted_accuracy(matrix)
-        self.log("val_ua", ua)
-        self.log("val_wa", weighted_accuracy(matrix))
+        # Every process scores the whole validation part: the values agree, and sync_dist keeps Lightning's
+        # epoch-level reduction (a mean of equal values) explicit under DDP.
+        self.log("val_ua", ua, sync_dist=True)
+        self.log("val_wa", weighted_accuracy(matrix), sync_dist=True)
         # Checkpoints are chosen on validation UA; on a small validation set UA ties often, and the tie goes to
         # the lower validation loss (the term is <= 1e-3: below one UA step unless K classes x n per class > 1000).
-        self.log("val_select", ua - 1e-4 * min(mean_loss, 10.0))
+        self.log("val_select", ua - 1e-4 * min(mean_loss, 10.0), sync_dist=True)
 
     @torch.inference_mode()
     def predict_proba(self, text: torch.Tensor | None, audio: torch.Tensor | None,
