@@ -64,7 +64,11 @@ def _remove(paths: list[str]) -> None:
 
 def run_stage(main: Callable[[argparse.Namespace, dict], None], *, description: str, inputs: list[str],
               outputs: list[str]) -> None:
-    """Run a stage's main; on failure print one clear line, remove its outputs and exit non-zero."""
+    """Run a stage's main; on failure print one clear line, remove its outputs and exit non-zero.
+
+    The failing stage's outputs are removed even when the cause is a tracking-server outage: a stage's outputs
+    and its MLflow run come as a pair, and DVC reruns a failed stage anyway (it records only finished ones).
+    """
     setup_logging()
     args = parse_args(description, inputs + outputs)
     out_paths = [getattr(args, o.replace("-", "_")) for o in outputs]
@@ -76,6 +80,25 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], *, description: 
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        _remove(out_paths)
+        if (message := _server_outage()) is not None:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+        raise
     except BaseException:
         _remove(out_paths)
         raise
+
+
+def _server_outage() -> str | None:
+    """The one-line explanation when the stage failed because the MLflow tracking server went away."""
+    from mmser.tracking import is_server, server_unreachable, tracking_uri
+
+    uri = tracking_uri()
+    reason = server_unreachable(uri) if is_server(uri) else None
+    if reason is None:
+        return None
+    return (f"MLflow tracking server {uri} is unreachable ({reason}); outputs already written are kept (earlier "
+            "stages, finished train cells, the embedding cache) and this stage's partial outputs were removed; "
+            "rerun `dvc repro` once the server is back")

@@ -23,13 +23,52 @@ def repo_root() -> Path:
     return Path(text.split(_EXP_TMP)[0]) if _EXP_TMP in text else root
 
 
+# MLflow's HTTP client retries a dead server for about 4 minutes per call (7 retries, backoff factor 2, 120 s
+# timeout), and a stage makes several calls. These fail a stage within ~10-30 s instead; a user's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+# Databases MLflow opens itself: their default artifact root is ./mlruns under the working directory, which
+# `dvc exp --temp` deletes, so mmser gives them a folder at the repository root.
+_LOCAL_STORES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the embedded `sqlite:///<repo root>/mlflow.db` (absolute)."""
+    """MLFLOW_TRACKING_URI if set, else the embedded `sqlite:///<repo root>/mlflow.db` (absolute).
+
+    Also sets mmser's HTTP_DEFAULTS for whichever of MLflow's retry settings the user has not set.
+    """
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """Whether the tracking URI names an MLflow tracking server (reached over HTTP), not a store on disk."""
+    return uri.startswith(("http://", "https://"))
+
+
+def server_unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why the tracking server at `uri` cannot be reached (its /health endpoint), or None when it answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered, if only with an error status: the server is up
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", None) or err)
+
+
 def setup_experiment(name: str) -> str:
-    """Point MLflow at the store and return the experiment id, creating it with a root-level artifact folder."""
+    """Point MLflow at the store and return the experiment id, creating the experiment if needed.
+
+    On a tracking server the server chooses the artifact location (`mlflow-artifacts:/` when it proxies
+    artifacts, so clients never need the artifact store's credentials); on a database MLflow opens itself
+    (SQLite, PostgreSQL, ...), `<repo root>/mlartifacts`.
+    """
     import mlflow
 
     uri = tracking_uri()
@@ -37,7 +76,8 @@ def setup_experiment(name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = (repo_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    location = (repo_root() / "mlartifacts").as_uri() if scheme in _LOCAL_STORES else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
