@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import time
+from functools import partial
+from pathlib import Path
 
 import pandas as pd
 
 from mmser.cache import EmbeddingCache
+from mmser.distributed import encoder_device, is_launch_rank_zero, world_size
 from mmser.embeddings import save_embeddings
 from mmser.encoders.text import TextEncoder
-from mmser.extract import extract_texts
+from mmser.extract import extract_texts, extract_texts_share, sharding_for
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
 
 
 def main(args, params: dict) -> None:
-    p = params["extract_text"]
-    encoder = TextEncoder(model=p.model, pooling=p.pooling, max_length=p.max_length, device=p.device,
-                          batch_size=p.batch_size, precision=p.precision)
+    p, dist = params["extract_text"], params["distributed"]
+    make_encoder = partial(TextEncoder, model=p.model, pooling=p.pooling, max_length=p.max_length,
+                           batch_size=p.batch_size, precision=p.precision)
+    encoder = make_encoder(device=encoder_device(dist, p.device))
+    sharding = sharding_for(dist, make_encoder, scratch=Path(args.out).parent)
+    if sharding is not None and not is_launch_rank_zero(dist):  # a process Lightning added: its share, nothing else
+        extract_texts_share(encoder, sharding)
+        return
     table = pd.read_csv(args.table, keep_default_na=False)
     with stage_run("extract_text", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params=flatten("extract_text", p),
@@ -26,16 +34,19 @@ def main(args, params: dict) -> None:
         import mlflow
 
         start = time.perf_counter()
-        vectors, stats = extract_texts(table["text"].tolist(), encoder, cache)
+        vectors, stats = extract_texts(table["text"].tolist(), encoder, cache, sharding=sharding)
         seconds = time.perf_counter() - start
         save_embeddings(args.out, table["id"].tolist(), vectors, encoder.identity())
+        processes = world_size(dist) if sharding else 1
         info = {**encoder.identity(), "utterances": len(table), "seconds": round(seconds, 2),
-                "device": str(encoder.device), **stats.as_metrics(), "mlflow_run_id": run.info.run_id}
+                "device": str(encoder.device), "processes": processes, **stats.as_metrics(),
+                "mlflow_run_id": run.info.run_id}
         write_json(args.info, info)
-        mlflow.log_metrics({"utterances": len(table), "seconds": seconds, "dim": encoder.dim, **stats.as_metrics()})
+        mlflow.log_metrics({"utterances": len(table), "seconds": seconds, "dim": encoder.dim, "processes": processes,
+                            **stats.as_metrics()})
         log_outputs({"embeddings": args.out})
-    log.info("extract_text: %d x %d in %.1f s on %s (cache: %d hits, %d computed) -> %s", len(table), encoder.dim,
-             seconds, encoder.device, stats.hits, stats.misses, args.out)
+    log.info("extract_text: %d x %d in %.1f s on %s x %d (cache: %d hits, %d computed) -> %s", len(table),
+             encoder.dim, seconds, encoder.device, processes, stats.hits, stats.misses, args.out)
 
 
 if __name__ == "__main__":

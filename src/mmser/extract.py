@@ -4,13 +4,19 @@ Only what the cache lacks is computed. Work is ordered by length (length-buckete
 padding), each batch is committed to the cache before the next starts (an interrupted run resumes
 where it stopped), and audio is decoded in DataLoader workers while the encoder runs, one batch of
 waveforms in memory at a time.
+
+With a `Sharding` (distributed.strategy ddp / ddp_spawn) the same batches are spread over Lightning's
+processes, whole, and merged back in order (mmser.sharded); launch rank 0 alone reads and writes the
+cache. One process and many give bitwise the same embeddings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +25,10 @@ from tqdm import tqdm
 
 from mmser.cache import CacheStats, EmbeddingCache, entry_key, fetch_or_compute, file_hash, text_hash
 from mmser.data.audio import load_audio
+
+if TYPE_CHECKING:
+    from mmser.params import DistributedParams
+    from mmser.sharded import Job, Sharding
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +71,67 @@ def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: s
     raise ValueError(f"unknown extract_audio.encoder {encoder!r}; allowed: egemaps, vggish, ssl")
 
 
-def extract_texts(texts: list[str], encoder, cache: EmbeddingCache) -> tuple[list[np.ndarray], CacheStats]:
-    """A (1, dim) array per text; only texts absent from the cache are encoded, shortest first, batch by batch."""
+def sharding_for(distributed: "DistributedParams", make_encoder, *, scratch: Path) -> "Sharding | None":
+    """None for `strategy: single` (one process, no Lightning); else how to shard over Lightning's processes.
+
+    `make_encoder(device=...)` builds the encoder in processes that ddp_spawn starts; the ranks' batch
+    files go to a temporary folder under `scratch`, which every rank (every node) must see.
+    """
+    if distributed.strategy == "single":
+        return None
+    from mmser.sharded import Sharding
+
+    return Sharding(distributed, make_encoder, scratch=Path(scratch))
+
+
+def _encode_texts(encoder, texts: list[str]) -> list[np.ndarray]:
+    """One (1, dim) row per text, from one batch call."""
+    return [v[None, :] for v in encoder.encode(texts, progress=False)]
+
+
+def _encode_waves(encoder, waves: list[torch.Tensor]) -> list[np.ndarray]:
+    """One (n_frames, dim) array per waveform, from one batch call."""
+    return encoder.encode(waves)
+
+
+def _text_job() -> "Job":
+    from mmser.sharded import Job
+
+    return Job(make_dataset=list, encode=_encode_texts)
+
+
+def _audio_job(sample_rate: int, workers: int) -> "Job":
+    from mmser.sharded import Job
+
+    return Job(make_dataset=partial(_Waveforms, sample_rate=sample_rate), encode=_encode_waves, workers=workers)
+
+
+def _sharded(chunks: list[list[str]], input_of: dict[str, str], encoder, job: "Job",
+             sharding: "Sharding") -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """The batches `chunks` (keys) computed across ranks, yielded in their order as (keys, arrays)."""
+    from mmser.sharded import run_batches
+
+    inputs = [input_of[k] for chunk in chunks for k in chunk]
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    batches = [list(range(starts[i], starts[i + 1])) for i in range(len(chunks))]
+    for arrays, chunk in zip(run_batches(inputs, batches, encoder, job, sharding), chunks, strict=True):
+        yield chunk, arrays
+
+
+def _meet_ranks(encoder, job: "Job", sharding: "Sharding") -> None:
+    """Nothing to compute: still start the other ranks' (empty) share, since they wait for rank 0's plan."""
+    from mmser.sharded import run_batches
+
+    for _ in run_batches([], [], encoder, job, sharding):
+        pass
+
+
+def extract_texts(texts: list[str], encoder, cache: EmbeddingCache, *,
+                  sharding: "Sharding | None" = None) -> tuple[list[np.ndarray], CacheStats]:
+    """A (1, dim) array per text; only texts absent from the cache are encoded, shortest first, batch by batch.
+
+    With `sharding`, on launch rank 0: the same batches are encoded across the ranks (see mmser.sharded).
+    """
     identity = encoder.identity()
     keys = [entry_key(identity, text_hash(t)) for t in texts]
     text_of = dict(zip(keys, texts))
@@ -70,19 +139,33 @@ def extract_texts(texts: list[str], encoder, cache: EmbeddingCache) -> tuple[lis
     def compute(missing: list[str]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         order = sorted(missing, key=lambda k: len(text_of[k]))  # length buckets: little padding per batch
         chunks = [order[i:i + encoder.batch_size] for i in range(0, len(order), encoder.batch_size)]
+        if sharding is not None:
+            yield from _sharded(chunks, text_of, encoder, _text_job(), sharding)
+            return
         for chunk in tqdm(chunks, desc="extract_text", unit="batch"):
-            vectors = encoder.encode([text_of[k] for k in chunk], progress=False)
-            yield chunk, [v[None, :] for v in vectors]
+            yield chunk, _encode_texts(encoder, [text_of[k] for k in chunk])
 
-    return fetch_or_compute(cache, keys, compute)
+    vectors, stats = fetch_or_compute(cache, keys, compute)
+    if sharding is not None and not stats.misses:
+        _meet_ranks(encoder, _text_job(), sharding)
+    return vectors, stats
+
+
+def extract_texts_share(encoder, sharding: "Sharding") -> None:
+    """On a launch rank other than 0: encode this rank's share of the text batches that rank 0 hands out."""
+    from mmser.sharded import serve_share
+
+    serve_share(encoder, _text_job(), sharding)
 
 
 def extract_audio(paths: list[str], encoder, cache: EmbeddingCache, *, sample_rate: int, workers: int = 1,
-                  utterances_per_batch: int | None = None) -> tuple[list[np.ndarray], CacheStats]:
+                  utterances_per_batch: int | None = None,
+                  sharding: "Sharding | None" = None) -> tuple[list[np.ndarray], CacheStats]:
     """Per-utterance (n_frames, dim) arrays; only files absent from the cache are decoded and encoded.
 
     Files are addressed by the hash of their bytes; the missing ones are decoded in `workers`
     DataLoader processes (0 = in this process), longest first so that batches hold similar lengths.
+    With `sharding`, on launch rank 0: the same batches are encoded across the ranks (see mmser.sharded).
     """
     identity = {**encoder.identity(), "sample_rate": sample_rate}
     keys = [entry_key(identity, file_hash(p)) for p in paths]
@@ -92,6 +175,10 @@ def extract_audio(paths: list[str], encoder, cache: EmbeddingCache, *, sample_ra
 
     def compute(missing: list[str]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         order = sorted(missing, key=lambda k: os.path.getsize(path_of[k]), reverse=True)
+        if sharding is not None:
+            chunks = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]  # as the loader below
+            yield from _sharded(chunks, path_of, encoder, _audio_job(sample_rate, workers), sharding)
+            return
         loader = DataLoader(_Waveforms([path_of[k] for k in order], sample_rate), batch_size=per_batch,
                             shuffle=False, num_workers=workers, collate_fn=list,
                             pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
@@ -100,7 +187,17 @@ def extract_audio(paths: list[str], encoder, cache: EmbeddingCache, *, sample_ra
             for waves in loader:
                 batch = order[done:done + len(waves)]
                 done += len(waves)
-                yield batch, encoder.encode(waves)
+                yield batch, _encode_waves(encoder, waves)
                 bar.update(len(waves))
 
-    return fetch_or_compute(cache, keys, compute)
+    vectors, stats = fetch_or_compute(cache, keys, compute)
+    if sharding is not None and not stats.misses:
+        _meet_ranks(encoder, _audio_job(sample_rate, workers), sharding)
+    return vectors, stats
+
+
+def extract_audio_share(encoder, sharding: "Sharding", *, sample_rate: int, workers: int = 1) -> None:
+    """On a launch rank other than 0: encode this rank's share of the audio batches that rank 0 hands out."""
+    from mmser.sharded import serve_share
+
+    serve_share(encoder, _audio_job(sample_rate, workers), sharding)
