@@ -29,6 +29,8 @@ CACHE_ENV = "MMSER_CACHE_DIR"
 CACHE_FILE = "embeddings.sqlite"
 # Part of every key: bump when the stored layout or what an identity means changes.
 KEY_VERSION = 1
+# Seconds a connection waits for another process's write before giving up ("database is locked").
+BUSY_TIMEOUT_S = 120.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -63,6 +65,29 @@ def entry_key(identity: dict, content_hash: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode, retrying while another connection holds it.
+
+    Switching the journal mode answers SQLITE_BUSY at once, without the connection's busy wait, when
+    two processes open a new file together; every other statement waits through the timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as err:
+            if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _is_damage(err: sqlite3.DatabaseError) -> bool:
+    """Whether an error says the file itself is bad (not a database, corrupt), not merely busy."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+
+
 def _checksum(shape: tuple[int, ...], data: bytes) -> str:
     return hashlib.sha256(json.dumps(list(shape)).encode() + b"\0" + data).hexdigest()
 
@@ -91,6 +116,8 @@ class EmbeddingCache:
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as err:  # not a database (truncated, overwritten): keep it aside, start anew
+            if not _is_damage(err):  # e.g. "locked" past the timeout: another run's file, never to be moved
+                raise
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
             log.warning("embedding cache %s is unreadable (%s); moved to %s, starting an empty one",
                         self.path, err, aside)
@@ -98,8 +125,9 @@ class EmbeddingCache:
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=120.0)
-        db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; parallel stages share the file
+        # A writer waits up to BUSY_TIMEOUT_S for another's transaction (parallel `dvc exp` runs share the file).
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        _enable_wal(db)  # readers never block the writer
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commit, never corrupts
         db.execute(_SCHEMA)
         db.execute("SELECT count(*) FROM embeddings").fetchone()

@@ -70,6 +70,7 @@ def setup_experiment(name: str) -> str:
     (SQLite, PostgreSQL, ...), `<repo root>/mlartifacts`.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -78,7 +79,12 @@ def setup_experiment(name: str) -> str:
         return experiment.experiment_id
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     location = (repo_root() / "mlartifacts").as_uri() if scheme in _LOCAL_STORES else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as err:  # a parallel experiment (`dvc queue start -j N`) created it first
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def file_md5(path: str | Path) -> str:
