@@ -10,7 +10,8 @@ import torch
 from tiny_models import make_tiny_bert
 
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
-from mmser.encoders.text import TextEncoder
+from mmser.encoders import text as text_module
+from mmser.encoders.text import TextEncoder, token_batches
 
 TEXTS = [
     "i am so angry today!",
@@ -56,6 +57,44 @@ def test_batch_size_does_not_change_embeddings(tiny_bert: Path) -> None:
     one = _encoder(tiny_bert, "mean", batch_size=1).encode(TEXTS, progress=False)
     many = _encoder(tiny_bert, "mean", batch_size=64).encode(TEXTS, progress=False)
     np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_token_batches_cover_every_text_once_within_the_caps() -> None:
+    lengths = [5, 3, 9, 3, 200, 7, 5, 5]
+    groups = token_batches(lengths, max_texts=3, max_tokens=16)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(lengths)  # shortest first: neighbours in a group have similar lengths
+    for g in groups:
+        assert len(g) <= 3
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 16
+    assert [list(g) for g in groups if 4 in g] == [[4]]  # longer than the budget: alone
+    assert [list(g) for g in token_batches(lengths, max_texts=64)] == [list(np.argsort(lengths, kind="stable"))]
+    assert token_batches([], max_texts=4) == []
+
+
+def test_token_budget_and_cores_do_not_change_embeddings(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small token budgets (many batches, spread over the cores) give each text its embedding alone."""
+    encoder = _encoder(tiny_bert, "mean", batch_size=64)
+    alone = np.stack([encoder.encode([t], progress=False)[0] for t in TEXTS])
+    monkeypatch.setattr(text_module, "CPU_TOKENS_PER_FORWARD", 12)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # two workers even on a one-core runner
+        spread = encoder.encode(TEXTS * 3, progress=False)
+        # A worker's set_num_threads(1) lowers MKL's count for the whole process: it must be put back.
+        assert torch.get_num_threads() == 2
+        assert "mkl_get_max_threads() : 1" not in torch.__config__.parallel_info()
+        torch.set_num_threads(1)
+        one_core = encoder.encode(TEXTS * 3, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(spread, np.tile(alone, (3, 1)), atol=1e-5)
+    np.testing.assert_array_equal(spread, one_core)  # same batches, so bitwise the same whatever the cores
+
+
+def test_empty_input(tiny_bert: Path) -> None:
+    assert _encoder(tiny_bert, "mean").encode([], progress=False).shape == (0, 32)
 
 
 def test_poolings_differ(tiny_bert: Path) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
+
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -49,3 +52,25 @@ def as_device_tensor(wave: np.ndarray | torch.Tensor, device: torch.device) -> t
     if not isinstance(wave, torch.Tensor):
         wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     return wave.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def map_on_cores(fn: Callable[[T], R], items: list[T], device: torch.device) -> list[R]:
+    """[fn(x) for x in items]; on CPU, each item in a worker of one intra-op thread, as many workers as threads.
+
+    Small batches (a few hundred tokens) scale poorly over intra-op threads, which meet at a barrier
+    after every op; separate batches on separate cores never wait for each other (2 cores, MiniLM,
+    512 texts in 256-token batches: 1.48 s with both threads on each batch, 1.11 s one batch per core).
+    One thread per item also makes each result independent of the thread count, which differs between
+    one process and DDP ranks (Lightning gives each rank its share of the cores): sharded extraction
+    equals one process bitwise. fn runs in worker threads: per-thread modes (inference_mode, autocast)
+    must be entered inside it. torch's thread count (and MKL's, lowered by a worker) is restored.
+    """
+    if device.type != "cpu":
+        return [fn(x) for x in items]
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(max(1, min(threads, len(items))), initializer=torch.set_num_threads,
+                                initargs=(1,)) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)

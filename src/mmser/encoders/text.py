@@ -10,13 +10,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmser.encoders.device import autocast, autocast_dtype, precision_name, resolve_device
+from mmser.encoders.device import autocast, autocast_dtype, map_on_cores, precision_name, resolve_device
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
 from mmser.encoders.hf import load_local
 
 log = logging.getLogger(__name__)
 
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
+# CPU: a forward costs its padded tokens, so batches are cut at this many once sorted by token count
+# (little padding), and the cores run separate batches (map_on_cores). MiniLM on 1 core, 512 texts:
+# 64 -> 2.8 s, 128 -> 2.4, 256..1024 -> 2.3, one padded batch of 512 -> 6.2; 256 leaves several
+# batches per 64 texts to share between cores.
+CPU_TOKENS_PER_FORWARD = 256
 
 
 def resolve_model_path(model: str) -> str:
@@ -79,16 +84,45 @@ class TextEncoder:
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
-    @torch.inference_mode()
     def encode(self, texts: list[str], progress: bool = True) -> np.ndarray:
-        """(len(texts), dim) float32 embeddings; batches are bucketed by length, order is preserved."""
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        """(len(texts), dim) float32 embeddings; batches are bucketed by token count, order is preserved."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        max_tokens = CPU_TOKENS_PER_FORWARD if self.device.type == "cpu" else None
+        groups = token_batches(lengths, max_texts=self.batch_size, max_tokens=max_tokens)
+        # Padded here, in this thread: a fast tokenizer must not be used from two threads at once.
+        batches = [self.tokenizer.pad({k: [v[i] for i in idx] for k, v in encoded.items()}, return_tensors="pt")
+                   for idx in groups]
+        with tqdm(total=len(batches), desc="extract_text", unit="batch", disable=not progress) as bar:
+            pooled = map_on_cores(lambda batch: self._forward(batch, bar), batches, self.device)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for idx in tqdm(batches, desc="extract_text", unit="batch", disable=not progress):
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
-            with autocast(self.device, self._autocast):
-                pooled = self._pool(self.model(**batch), batch["attention_mask"])
-            out[idx] = pooled.float().cpu().numpy()
+        for idx, rows in zip(groups, pooled):
+            out[idx] = rows
         return out
+
+    def _forward(self, batch, bar: tqdm) -> np.ndarray:
+        batch = batch.to(self.device)
+        # inference_mode and autocast are per thread: entered here, in whichever thread runs the batch.
+        with torch.inference_mode(), autocast(self.device, self._autocast):
+            pooled = self._pool(self.model(**batch), batch["attention_mask"]).float().cpu().numpy()
+        bar.update()
+        return pooled
+
+
+def token_batches(lengths: list[int], *, max_texts: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Indices grouped shortest first: at most max_texts per group and, when set, at most max_tokens once padded.
+
+    A text longer than max_tokens gets a group of its own.
+    """
+    order = np.argsort(lengths, kind="stable")
+    groups, start = [], 0
+    for end in range(1, len(order) + 1):
+        n, longest = end - start, lengths[order[end - 1]]
+        if n > max_texts or (max_tokens is not None and n > 1 and n * longest > max_tokens):
+            groups.append(order[start:end - 1])
+            start = end - 1
+    if len(order):
+        groups.append(order[start:])
+    return groups
