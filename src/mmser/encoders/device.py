@@ -65,9 +65,9 @@ def map_on_cores(fn: Callable[[T], R], items: list[T], device: torch.device) -> 
     equals one process bitwise. fn runs in worker threads: per-thread modes (inference_mode, autocast)
     must be entered inside it. torch's thread count (and MKL's, lowered by a worker) is restored.
     """
-    if device.type != "cpu":
-        return [fn(x) for x in items]
     threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:  # one thread already: in this thread, as a worker would
+        return [fn(x) for x in items]
     try:
         with ThreadPoolExecutor(max(1, min(threads, len(items))), initializer=torch.set_num_threads,
                                 initargs=(1,)) as pool:
