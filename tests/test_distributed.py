@@ -33,12 +33,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Table, split and embeddings for 90 utterances: 48 train (divisible by 2 processes), 20 val, 22 test."""
+    """Table, split and embeddings for 90 utterances: 48 train (divisible by 2 processes), 20 val, 22 test.
+    Classes are imbalanced (neu is half of them), so that class weights differ."""
     root = tmp_path_factory.mktemp("ddp")
     rng = np.random.default_rng(3)
     n = 90
     ids = [f"u{i:03d}" for i in range(n)]
-    y = np.arange(n) % 4
+    y = np.minimum(np.arange(n) % 6, 3)
     text = rng.normal(size=(n, 10)) + np.eye(4)[y] @ rng.normal(size=(4, 10)) * 0.5
     audio = rng.normal(size=(n, 6)) * 30 + 50 + np.eye(4)[y] @ rng.normal(size=(4, 6)) * 10
     pd.DataFrame({"id": ids, "label": [CLASSES[k] for k in y]}).to_csv(root / "table.csv", index=False)
@@ -49,18 +50,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _params(root: Path, name: str, **distributed) -> Path:
+def _params(root: Path, name: str, class_weights: bool = False, **distributed) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     # Dropout draws its masks per process, so bitwise-comparable training needs it off (see README).
-    params["train"].update(epochs=5, batch_size=8, dropout=0.0, head="gated", lr=1e-2)
+    params["train"].update(epochs=5, batch_size=8, dropout=0.0, head="gated", lr=1e-2, class_weights=class_weights)
     params["distributed"].update(distributed)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
-def _train(root: Path, name: str, env: dict | None = None, **distributed) -> subprocess.Popen:
-    params = _params(root, name, **distributed)
+def _train(root: Path, name: str, env: dict | None = None, class_weights: bool = False,
+           **distributed) -> subprocess.Popen:
+    params = _params(root, name, class_weights, **distributed)
     cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--modality", "fusion", "--fold", "1",
            "--table", str(root / "table.csv"), "--splits", str(root / "splits.json"), "--text", str(root / "text.npz"),
            "--audio", str(root / "audio.npz"), "--out", str(root / name), "--params", str(params)]
@@ -144,6 +146,14 @@ def test_two_nodes_on_loopback_train_as_one_job(single: Path) -> None:
     _assert_same_training(root, "single", "nodes")
     assert json.loads((root / "nodes" / "run.json").read_text())["processes"] == 2
     assert len(set(_train_runs(root)) - before) == 1  # node 1 logged nothing
+
+
+def test_class_weighted_loss_under_ddp_matches_one_process(corpus: Path) -> None:
+    # Each process's weighted loss is normalised by the whole global batch's label weights, not its own share's.
+    single = _train(corpus, "weighted-single", class_weights=True)
+    _finish(single)
+    _finish(_train(corpus, "weighted-ddp", class_weights=True, accelerator="cpu", devices=2, strategy="ddp"))
+    _assert_same_training(corpus, "weighted-single", "weighted-ddp")
 
 
 def test_global_batch_must_split_evenly_over_processes(corpus: Path) -> None:

@@ -45,9 +45,22 @@ class EmotionClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         text, audio, lengths, y = batch
-        loss = self.loss(self(text, audio, lengths), y)
+        loss = self._train_loss(self(text, audio, lengths), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
+
+    def _train_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of this process's share of the global batch, such that DDP's mean over the W processes'
+        gradients is the gradient of one process's loss on the whole batch.
+
+        Unweighted, each share's mean does that (the shares are equal). Class-weighted cross-entropy divides
+        by the weights of the batch's labels: by the whole batch's sum, gathered from every process.
+        """
+        world = self.trainer.world_size
+        if self.loss.weight is None or world == 1:
+            return self.loss(logits, y)
+        total = self.trainer.strategy.reduce(self.loss.weight[y].sum(), reduce_op="sum")
+        return nn.functional.cross_entropy(logits, y, weight=self.loss.weight, reduction="sum") * world / total
 
     def validation_step(self, batch, batch_idx: int) -> None:
         text, audio, lengths, y = batch
