@@ -37,7 +37,8 @@ def tiny_vggish_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, then released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -46,7 +47,7 @@ def _free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port (SQLite store, artifacts in tmp_path); yields its URI."""
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     mlflow = Path(sys.executable).parent / "mlflow"
     log = open(tmp_path / "mlflow-server.log", "wb")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import free_port
 from mmser.embeddings import save_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ang", "hap", "sad", "neu"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +131,7 @@ def test_ddp_spawn_gives_the_single_process_weights_and_one_run(single: Path) ->
 def test_two_nodes_on_loopback_train_as_one_job(single: Path) -> None:
     root = single
     before = set(_train_runs(root))
-    node = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    node = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     # The same command on each "node"; only NODE_RANK differs (what a user sets on each machine).
     procs = [_train(root, "nodes", env={**node, "NODE_RANK": str(rank)}, accelerator="cpu", devices=1, num_nodes=2,
                     strategy="ddp") for rank in (0, 1)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import free_port
 from mmser.cli import main
 from test_predict import CLASSES, TEXTS, build_models
 
@@ -37,12 +37,6 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 def _predict_cli(capsys, model: str, audio: Path, text: str) -> dict:
     assert main(["predict", "--model", model, "--audio", str(audio), "--text", text]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, payload: dict) -> list[dict]:
@@ -89,7 +83,7 @@ def test_served_model_answers_as_mmser_predict(store: dict, capsys, tmp_path: Pa
     expected = _predict_cli(capsys, str(checkpoint), clips["b"], TEXTS[1])
     assert _predict_cli(capsys, uri, clips["b"], TEXTS[1]) == expected  # the MLflow model, loaded by mmser predict
 
-    port = _free_port()
+    port = free_port()
     log_file = tmp_path / "serve.log"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # uvicorn
     with log_file.open("w") as log:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -13,20 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from conftest import free_port
 from mmser.tracking import HTTP_DEFAULTS, server_unreachable
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_unreachable_tells_a_closed_port_from_a_live_server():
-    assert "refused" in server_unreachable(f"http://127.0.0.1:{_closed_port()}").lower()
+    assert "refused" in server_unreachable(f"http://127.0.0.1:{free_port()}").lower()
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -43,7 +36,7 @@ def test_stage_fails_fast_with_one_line_when_the_server_is_down(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "utterances.csv", index=False)
     out = tmp_path / "splits.json"
     out.write_text("{}")  # a stale output from an earlier run must not survive a failed one
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     for name in HTTP_DEFAULTS:  # mmser's own defaults, not a caller's
         env.pop(name, None)
