@@ -76,21 +76,25 @@ class _Rows(Dataset):
 class EpochLog(Callback):
     """Per epoch, on global rank 0 only: the history row (history.csv), the progress bar, MLflow's curves.
 
-    Everything it holds pickles (the bar and the MLflow client are made where they are used), so the
+    Everything it holds pickles (the bar and the MLflow client are made in the process that trains), so the
     same callback works in one process, in `ddp` processes and in `ddp_spawn`'s spawned ones.
     """
 
     def __init__(self, history_path: Path, run_name: str, epochs: int, tracking: tuple[str, str] | None):
         self.history_path, self.run_name, self.epochs, self.tracking = history_path, run_name, epochs, tracking
         self.history: list[dict] = []
-        self._bar = None
+        self._bar = self._client = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_bar": None}
+        return {**self.__dict__, "_bar": None, "_client": None}
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             self._bar = tqdm(total=self.epochs, desc=f"train {self.run_name}", unit="epoch", mininterval=1.0)
+            if self.tracking is not None:
+                from mlflow.tracking import MlflowClient
+
+                self._client = MlflowClient(self.tracking[0])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -99,13 +103,11 @@ class EpochLog(Callback):
         epoch = trainer.current_epoch + 1
         self.history.append({"epoch": epoch, **metrics})
         pd.DataFrame(self.history).to_csv(self.history_path, index=False)
-        if self.tracking is not None:
+        if self._client is not None:
             from mlflow.entities import Metric
-            from mlflow.tracking import MlflowClient
 
-            uri, run_id = self.tracking
             now = int(time.time() * 1000)
-            MlflowClient(uri).log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
+            self._client.log_batch(self.tracking[1], metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
         if self._bar is not None:
             self._bar.set_postfix_str(f"{self.run_name} val_ua={metrics.get('val_ua', float('nan')):.3f}",
                                       refresh=False)
