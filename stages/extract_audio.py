@@ -47,8 +47,9 @@ def main(args, params: dict) -> None:
         mlflow.log_metrics({"utterances": len(table), "frames": frames, "seconds": seconds, "dim": encoder.dim,
                             "processes": processes, **stats.as_metrics()})
         log_outputs({"embeddings": args.out})
-    log.info("extract_audio: %d utterances, %d frames x %d in %.1f s x %d processes (cache: %d hits, %d computed)"
-             " -> %s", len(table), frames, encoder.dim, seconds, processes, stats.hits, stats.misses, args.out)
+    log.info("extract_audio: %d utterances, %d frames x %d in %.1f s x %d processes, %s (cache: %d hits, %d computed)"
+             " -> %s", len(table), frames, encoder.dim, seconds, processes, encoder.identity().get("precision", "fp32"),
+             stats.hits, stats.misses, args.out)
 
 
 if __name__ == "__main__":

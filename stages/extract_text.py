@@ -45,8 +45,9 @@ def main(args, params: dict) -> None:
         mlflow.log_metrics({"utterances": len(table), "seconds": seconds, "dim": encoder.dim, "processes": processes,
                             **stats.as_metrics()})
         log_outputs({"embeddings": args.out})
-    log.info("extract_text: %d x %d in %.1f s on %s x %d (cache: %d hits, %d computed) -> %s", len(table),
-             encoder.dim, seconds, encoder.device, processes, stats.hits, stats.misses, args.out)
+    log.info("extract_text: %d x %d in %.1f s on %s x %d, %s (cache: %d hits, %d computed) -> %s", len(table),
+             encoder.dim, seconds, encoder.device, processes, encoder.identity()["precision"], stats.hits,
+             stats.misses, args.out)
 
 
 if __name__ == "__main__":

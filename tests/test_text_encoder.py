@@ -10,6 +10,7 @@ import torch
 from tiny_models import make_tiny_bert
 
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
+from mmser.encoders import device as device_module
 from mmser.encoders import text as text_module
 from mmser.encoders.text import TextEncoder, token_batches
 
@@ -35,7 +36,9 @@ def tiny_bert_no_pooler(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _encoder(path: Path, pooling: str, batch_size: int = 3) -> TextEncoder:
-    return TextEncoder(model=str(path), pooling=pooling, max_length=16, device="cpu", batch_size=batch_size)
+    """fp32 whatever the CPU (auto may pick bf16): these tests compare with the model's own fp32 outputs."""
+    return TextEncoder(model=str(path), pooling=pooling, max_length=16, device="cpu", batch_size=batch_size,
+                       precision="fp32")
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
@@ -210,3 +213,36 @@ def test_packaged_minilm_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     furious, angry, weather = encoder.encode(["I am furious", "I am angry", "the weather is mild"], progress=False)
     assert furious.shape == (384,)
     assert _cosine(furious, angry) > _cosine(furious, weather) + 0.2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_module, "native_bf16_cpu", lambda: native)
+    encoder = TextEncoder(model="all-MiniLM-L6-v2", pooling="mean", max_length=32, device="cpu")
+    assert encoder.identity()["precision"] == ("bf16" if native else "fp32")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert device_module.autocast_dtype("auto", cuda) == torch.float16
+    assert device_module.autocast_dtype("auto", cpu, bf16_on_cpu=False) is None  # an encoder not measured in bf16
+    assert device_module.autocast_dtype("fp32", cpu) is None
+    assert device_module.autocast_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_native_bf16_follows_the_cpu_capabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    for caps, expected in [({"avx512_bf16": True}, True), ({"amx_bf16": True, "avx512_bf16": False}, True),
+                           ({"avx512_f": True, "avx512_bf16": False}, False), ({}, False)]:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        assert device_module.native_bf16_cpu() is expected
+
+
+def test_packaged_minilm_in_bf16_stays_within_the_stated_tolerance() -> None:
+    """What `auto` gives on a CPU with native bf16: per-text cosine >= 0.999 and relative error <= 2 % of fp32,
+    on the real model's weights (the README states this tolerance)."""
+    rng = np.random.default_rng(0)
+    words = "i you we not so very really what why okay yeah well know think angry happy sad great terrible".split()
+    texts = TEXTS + [" ".join(rng.choice(words, size=k)) for k in rng.integers(2, 40, size=60)]
+    fp32, bf16 = (TextEncoder(model="all-MiniLM-L6-v2", pooling="mean", max_length=128, device="cpu",
+                              precision=precision).encode(texts, progress=False) for precision in ("fp32", "bf16"))
+    cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
+    assert cosine.min() >= 0.999
+    assert np.linalg.norm(fp32 - bf16) / np.linalg.norm(fp32) <= 0.02
+    assert not np.array_equal(fp32, bf16)  # bf16 did run: it rounds

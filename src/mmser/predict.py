@@ -48,8 +48,8 @@ def read_card(path: str | Path) -> dict:
     return card
 
 
-# Numerical precision changes embeddings by rounding only (fp16 on a GPU at extraction, fp32 on a CPU here):
-# a difference is reported, not refused.
+# Numerical precision changes embeddings by rounding only (e.g. fp16 on a GPU at extraction, bf16 or fp32 on a CPU
+# here): a difference is reported, not refused.
 _PRECISION_ONLY = {"precision"}
 _PRECISION_ARG = {"fp32": "fp32", "bf16": "bf16", "fp16": "auto"}  # fp16 is what `auto` gives on CUDA
 

@@ -68,7 +68,8 @@ class SSLEncoder:
         self.device = resolve_device(device)
         self.model.eval().requires_grad_(False).to(self.device)
         self.model_name, self.layer, self.batch_size, self.sample_rate = model, layer, batch_size, sample_rate
-        self._autocast = autocast_dtype(precision, self.device)
+        # auto stays fp32 on CPU: bf16's distance to fp32 is not measured for these models (fp16 on CUDA).
+        self._autocast = autocast_dtype(precision, self.device, bf16_on_cpu=False)
         self.layer_dim = int(self.model.config.hidden_size)
         self.dim = self.layer_dim * (self.n_hidden if layer == "all" else 1)
         # Models with group-normalised convolutions (wav2vec 2.0 base, HuBERT base) take no attention mask:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmser.encoders.device import autocast, autocast_dtype, map_on_cores, precision_name, resolve_device
+from mmser.encoders.device import (autocast, autocast_dtype, map_on_cores, precision_name, resolve_device,
+                                   store_matmul_weights_in)
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
 from mmser.encoders.hf import load_local
 
@@ -67,6 +68,7 @@ class TextEncoder:
         self.model.eval().requires_grad_(False).to(self.device)
         self.model_name, self.pooling, self.max_length, self.batch_size = model, pooling, max_length, batch_size
         self._autocast = autocast_dtype(precision, self.device)
+        store_matmul_weights_in(self.model, self._autocast)
         self.dim = int(self.model.config.hidden_size)
 
     def identity(self) -> dict:
