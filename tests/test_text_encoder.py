@@ -234,6 +234,17 @@ def test_native_bf16_follows_the_cpu_capabilities(monkeypatch: pytest.MonkeyPatc
         assert device_module.native_bf16_cpu() is expected
 
 
+def test_weights_stored_in_bf16_give_what_autocast_gives_on_fp32_weights(tiny_bert: Path) -> None:
+    """Linear weights are rounded to bf16 once at load; autocast over the fp32 weights rounds them every batch."""
+    stored = TextEncoder(model=str(tiny_bert), pooling="pooler", max_length=16, device="cpu", precision="bf16")
+    per_batch = _encoder(tiny_bert, "pooler")
+    per_batch._autocast = torch.bfloat16  # autocast as before, the model's weights left in fp32
+    assert stored.model.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert stored.model.embeddings.word_embeddings.weight.dtype == torch.float32  # not a matmul: left to autocast
+    assert stored.model.embeddings.LayerNorm.weight.dtype == torch.float32
+    np.testing.assert_array_equal(stored.encode(TEXTS, progress=False), per_batch.encode(TEXTS, progress=False))
+
+
 def test_packaged_minilm_in_bf16_stays_within_the_stated_tolerance() -> None:
     """What `auto` gives on a CPU with native bf16: per-text cosine >= 0.999 and relative error <= 2 % of fp32,
     on the real model's weights (the README states this tolerance)."""

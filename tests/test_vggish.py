@@ -213,6 +213,16 @@ def test_bf16_autocast_stays_within_stated_tolerance(tiny_vggish_weights: Path, 
     assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 0.02
 
 
+def test_weights_stored_in_bf16_give_what_autocast_gives_on_fp32_weights(tiny_vggish_weights: Path) -> None:
+    stored = VGGishEncoder(weights_dir=str(tiny_vggish_weights), postprocess=True, batch_size=4, precision="bf16")
+    per_batch = VGGishEncoder(weights_dir=str(tiny_vggish_weights), postprocess=True, batch_size=4, precision="fp32")
+    per_batch._autocast = torch.bfloat16  # autocast as before, the model's weights left in fp32
+    assert {p.dtype for p in stored._model.parameters()} == {torch.bfloat16}
+    waves = [_noise(48000, 3), _sine(20000, 330.0)]
+    for a, b in zip(stored.encode(waves), per_batch.encode(waves)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_batching_splits_into_full_batches(raw_encoder: VGGishEncoder) -> None:
     from mmser.encoders.vggish import _chunk_sizes
 

@@ -22,7 +22,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def native_bf16_cpu() -> bool:
-    """True when this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX), where bf16 autocast is faster than fp32.
+    """True when this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX): bf16 autocast beats fp32 there.
 
     Elsewhere bf16 is emulated and slower, so `auto` keeps fp32 there.
     """
