@@ -77,14 +77,19 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32) -> float:
-    """Best GFLOP/s of square matmuls in `dtype` (the roofline an extractor running in that precision is judged
-    against)."""
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """Best GFLOP/s of square matmuls in `dtype` on `device` (the roofline an extractor running in that precision
+    is judged against)."""
+    def product() -> None:
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+
     best = 0.0
     for n in (1024, 2048, 3072):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        best = max(best, 2 * n ** 3 / timed(lambda: a @ b, repeat=4) / 1e9)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+        product()
+        best = max(best, 2 * n ** 3 / timed(product, repeat=4) / 1e9)
     return best
 
 
