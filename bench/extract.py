@@ -67,6 +67,12 @@ def machine() -> str:
             f"{', ' + '/'.join(isa) if isa else ''}{gpu}")
 
 
+def closeness(expected: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """Smallest per-row cosine and the relative error (Frobenius) of `got` against `expected`."""
+    cosine = (expected * got).sum(1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cosine.min()), float(np.linalg.norm(expected - got) / np.linalg.norm(expected))
+
+
 def timed(fn, repeat: int = 1) -> float:
     """Best wall time of `repeat` calls (seconds)."""
     best = float("inf")
@@ -192,9 +198,7 @@ def bench_vggish(paths: list[str], weights: Path, cache_path: Path) -> dict:
     raw16.encode(waves[:4])
     bf16_s = timed(lambda: raw16.encode(waves))
     fp32_s = timed(lambda: raw32.encode(waves))
-    a, b = np.concatenate(raw32.encode(waves)), np.concatenate(raw16.encode(waves))
-    cosine = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-    rel = float(np.linalg.norm(a - b) / np.linalg.norm(a))
+    cosine, rel = closeness(np.concatenate(raw32.encode(waves)), np.concatenate(raw16.encode(waves)))
     n24 = sum(n_examples(w.size) for w in waves)
     return {
         "vggish_precision": encoder.identity()["precision"],
@@ -270,8 +274,7 @@ def bench_text(texts: list[str], cache_path: Path) -> dict:
         paper = loop()
         loop_s = min(loop_s, time.perf_counter() - start)
     diff32 = float(max(np.abs(a[0] - b[0].numpy()).max() for a, b in zip(ours32, paper)))
-    a, b = np.concatenate(ours), torch.cat(paper).numpy()
-    cosine = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+    cosine, _ = closeness(torch.cat(paper).numpy(), np.concatenate(ours))
     gflop = text_flops(encoder32, texts)  # the same batches in either precision
     return {"text_precision": encoder.identity()["precision"], "text_utterances": len(texts),
             "text_utt_per_s": round(len(texts) / ours_s, 1), "text_gflops": round(gflop / ours_s, 1),

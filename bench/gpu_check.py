@@ -31,8 +31,8 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract import (ROOT, VGGISH_GFLOP_PER_EXAMPLE, SR, machine, matmul_peak, random_vggish,  # noqa: E402
-                     sentences, write_corpus)
+from extract import (ROOT, VGGISH_GFLOP_PER_EXAMPLE, SR, closeness, machine, matmul_peak,  # noqa: E402
+                     random_vggish, sentences, write_corpus)
 
 sys.path.insert(0, str(ROOT / "src"))
 from mmser.cache import EmbeddingCache  # noqa: E402
@@ -45,12 +45,6 @@ MIN_COSINE, MAX_REL_ERROR = 0.999, 0.02  # the README's stated tolerance against
 log = logging.getLogger("gpu_check")
 
 
-def closeness(expected: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """Smallest per-row cosine and the relative error (Frobenius) of `got` against `expected`."""
-    cosine = (expected * got).sum(1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
-    return float(cosine.min()), float(np.linalg.norm(expected - got) / np.linalg.norm(expected))
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -60,6 +54,7 @@ def check_text(device: str, texts: list[str], tmp: Path) -> dict:
     """Text extraction on `device` in `auto` precision against the CPU in fp32: tolerance and speed."""
     make = partial(TextEncoder, model="all-MiniLM-L6-v2", pooling="mean", max_length=128)
     reference, encoder = make(device="cpu", precision="fp32"), make(device=device, precision="auto")
+    reference.encode(texts[:64], progress=False)  # warm-up, as for the encoder under test
     start = time.perf_counter()
     expected = reference.encode(texts, progress=False)
     cpu_s = time.perf_counter() - start
