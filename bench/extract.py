@@ -83,13 +83,18 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that wall times measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """Best GFLOP/s of square matmuls in `dtype` on `device` (the roofline an extractor running in that precision
     is judged against)."""
     def product() -> None:
         a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
+        synchronize(device)
 
     best = 0.0
     for n in (1024, 2048, 3072):

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract import (ROOT, VGGISH_GFLOP_PER_EXAMPLE, SR, closeness, machine, matmul_peak,  # noqa: E402
-                     random_vggish, sentences, write_corpus)
+                     random_vggish, sentences, synchronize, write_corpus)
 
 sys.path.insert(0, str(ROOT / "src"))
 from mmser.cache import EmbeddingCache  # noqa: E402
@@ -43,11 +43,6 @@ from mmser.extract import extract_audio, extract_texts  # noqa: E402
 
 MIN_COSINE, MAX_REL_ERROR = 0.999, 0.02  # the README's stated tolerance against fp32
 log = logging.getLogger("gpu_check")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def check_text(device: str, texts: list[str], tmp: Path) -> dict:
