@@ -39,9 +39,9 @@ PAPER_PARAMS = -S data.source=iemocap -S data.root=$(IEMOCAP) -S data.label_set=
 	-S data.short_clips=drop -S data.min_duration=1.92 \
 	-S extract_text.model=bert-base-uncased -S extract_text.pooling=pooler -S extract_text.max_length=512 \
 	-S extract_audio.encoder=vggish -S extract_audio.postprocess=true \
-	-S train.head=server -S train.audio_pooling=sum -S train.standardize=false -S train.class_weights=false \
+	-S 'train.heads=[server]' -S 'train.weight_decay=[0.0]' -S train.speaker_norm=false -S train.audio_pooling=sum -S train.standardize=false -S train.class_weights=false \
 	-S train.early_stopping=0 -S train.lr=0.0001 -S train.step_size=30 -S train.gamma=0.1 -S train.epochs=101 \
-	-S train.batch_size=1 -S 'compare_heads.heads=[server]'
+	-S train.batch_size=1
 
 paper: env
 	@test -n "$(IEMOCAP)" || (echo "set IEMOCAP=/path/to/IEMOCAP_full_release" >&2; exit 2)

@@ -1,7 +1,7 @@
-"""Sweep benchmark: the same 4-experiment sweep (train.lr x train.head), queued, run at -j 1 and at -j 2.
+"""Sweep benchmark: the same 4-experiment sweep (train.lr x train.dropout), queued, run at -j 1 and at -j 2.
 
 A copy of this checkout gets tiny params (the demo corpus at 8 utterances per speaker, fusion only,
-fold 1, 4 epochs, one head in compare_heads); its shared stages (data, split, embeddings) run once and
+fold 1, 4 epochs, one candidate head); its shared stages (data, split, embeddings) run once and
 are committed. Each -j then runs in its own copy of that prepared repository, so DVC's run cache cannot
 serve one from the other, and every run logs to one `mlflow server` (SQLite takes one writer at a
 time, so parallel experiments go through a server). Timed: `dvc exp run --run-all -j N`, which blocks
@@ -31,10 +31,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SWEEP = ["-S", "train.lr=0.001,0.01", "-S", "train.head=server,gated"]  # DVC's grid: 2 x 2 = 4 experiments
+SWEEP = ["-S", "train.lr=0.001,0.01", "-S", "train.dropout=0.0,0.5"]  # DVC's grid: 2 x 2 = 4 experiments
 TINY = {"demo": {"utterances_per_speaker": 8},
-        "train": {"modalities": ["fusion"], "folds": [1], "epochs": 4, "batch_size": 8},
-        "compare_heads": {"heads": ["server"]}, "evaluate": {"bootstrap_resamples": 100}}
+        "train": {"heads": ["server"], "weight_decay": [0.0], "folds": [1], "epochs": 4, "batch_size": 8},
+        "evaluate": {"bootstrap_resamples": 100}}
 
 log = logging.getLogger("bench")
 

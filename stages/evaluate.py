@@ -1,4 +1,5 @@
-"""Stage evaluate: test-set UA / WA / macro-F1 per modality and fold, intervals, plots, predictions, MLflow."""
+"""Stage evaluate: test UA / WA / macro-F1 of each modality's chosen candidate beside the logistic baseline,
+the comparison of every candidate, intervals, paired tests, plots; registers the deployable model."""
 
 from __future__ import annotations
 
@@ -8,72 +9,92 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmser.evaluation import fold_predictions, results_markdown, summarise, write_reports
-from mmser.features import load_features
+from mmser.evaluation import candidates_table, selected_frames, summarise, versus, write_reports, results_markdown
 from mmser.params import flatten
-from mmser.pyfunc import register_best
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
 
+MODALITIES = ("text", "audio", "fusion")
+
+
+def _load(models: Path) -> tuple[dict, dict]:
+    """Per trained modality: its candidates.json record and its predictions (skipped modalities say why)."""
+    records, predictions = {}, {}
+    for modality in MODALITIES:
+        record = json.loads((models / modality / "candidates.json").read_text())
+        if "skipped" in record:
+            log.info("evaluate: %s skipped (%s)", modality, record["skipped"])
+            continue
+        records[modality] = record
+        predictions[modality] = pd.read_csv(models / modality / "predictions.csv", dtype={"id": str, "fold": str})
+    if not records:
+        raise ValueError("no modality was trained: the corpus has neither text nor audio inputs")
+    return records, predictions
+
 
 def main(args, params: dict) -> None:
-    base, evaluate, train = params["base"], params["evaluate"], params["train"]
-    classes = base.classes
-    features, _ = load_features(args.table, args.text, args.audio, classes=classes, audio_pooling=train.audio_pooling)
-    splits = json.loads(Path(args.splits).read_text())
-    tests = {f["name"]: f["test"] for f in splits["folds"]}
-    # Exactly the (modality, fold) pairs of the current params: stale folders of earlier settings are ignored.
-    runs = [json.loads((Path(args.models) / m / f"fold{k}" / "run.json").read_text())
-            for m in train.modalities for k in train.folds]
-    if len(train.folds) < len(tests):
-        log.warning("evaluating %d of the %d folds of split.protocol %s (train.folds)", len(train.folds), len(tests),
-                    splits["protocol"])
-    predictions = pd.concat([fold_predictions(str(Path(args.models) / r["modality"] / r["fold"] / "model.ckpt"),
-                                              features, tests[r["fold"]], modality=r["modality"],
-                                              label=r["modality"], fold=r["fold"], classes=classes)
-                             for r in runs], ignore_index=True)
-    summary = summarise(predictions, classes, resamples=evaluate.bootstrap_resamples, seed=base.seed)
-    history = pd.concat([pd.read_csv(Path(args.models) / r["modality"] / r["fold"] / "history.csv").assign(
-        modality=r["modality"], fold=r["fold"]) for r in runs], ignore_index=True)
+    base, evaluate = params["base"], params["evaluate"]
+    classes, models, seed = base.classes, Path(args.models), base.seed
+    records, raw = _load(models)
+    frames = {label: f for m, r in records.items()
+              for label, f in selected_frames(m, raw[m], r["selected"]["candidate"]).items()}
+    predictions = pd.concat(frames.values(), ignore_index=True)
+    summary = summarise(predictions, classes, resamples=evaluate.bootstrap_resamples, seed=seed)
+    results = {m: summary[m] for m in records}
+    if "fusion_vs_best_unimodal" in summary:
+        results["fusion_vs_best_unimodal"] = summary["fusion_vs_best_unimodal"]
+    for m, r in records.items():
+        results[m]["candidate"] = r["selected"]["candidate"]
+        results[m]["val_ua"] = r["selected"]["val_ua"]
+        results[f"{m}_baseline"] = {**summary[f"{m}/logreg"], "C": r["baseline"]["C"],
+                                    "vs_chosen": versus(predictions, m, f"{m}/logreg", summary, len(classes),
+                                                        resamples=evaluate.bootstrap_resamples, seed=seed)}
+        for fold, absent in summary[m]["classes_absent_from_test"].items():
+            log.warning("%s %s: test part has no %s; its UA averages the classes present", m, fold, absent)
+    table = [row for m, r in records.items() for row in candidates_table(m, r, summary)]
     reports = Path(args.reports)
-    write_reports(predictions, summary, history, classes, reports)
-    corpus = params["data"].source
-    (reports / "results.md").write_text(results_markdown(summary, corpus=corpus, protocol=splits["protocol"]))
+    history = pd.DataFrame([{**h, "modality": m} for m, r in records.items() for h in r["history"]])
+    write_reports(predictions[predictions["modality"].isin(records)], summary, history, classes, reports)
+    splits = json.loads(Path(args.splits).read_text())
+    corpus, protocol = params["data"].source, splits["protocol"]
+    header = {"corpus": corpus, "protocol": protocol, "validation": splits.get("validation", "")}
+    (reports / "results.md").write_text(results_markdown(results, corpus=corpus, protocol=protocol))
 
     parent = pipeline_parent(params, args)
     with stage_run("evaluate", experiment=params["tracking"].experiment, parent=parent,
-                   params={**flatten("evaluate", evaluate), "data.source": corpus, "split.protocol": splits["protocol"]},
+                   params={**flatten("evaluate", evaluate), "data.source": corpus, "split.protocol": protocol},
                    inputs={"table": args.table, "splits": args.splits}) as run:
         import mlflow
 
         client = mlflow.tracking.MlflowClient()
-        for r in runs:  # the test scores also land on each training run, so runs compare in mlflow ui
-            fold_scores = summary[r["modality"]]["per_fold"][r["fold"]]
-            for key in ("ua", "wa", "macro_f1"):
-                client.log_metric(r["run_id"], f"test_{key}", fold_scores[key])
-        aggregate = {f"{m}_{k}": summary[m][k] for m in ("text", "audio", "fusion") if m in summary
-                     for k in ("ua", "wa", "macro_f1")}
+        aggregate = {f"{m}_{k}": results[m][k] for m in records for k in ("ua", "wa", "macro_f1")}
+        aggregate.update({f"{m}_baseline_ua": results[f"{m}_baseline"]["ua"] for m in records})
         mlflow.log_metrics(aggregate)
-        summary["mlflow"] = {"parent_run_id": parent, "evaluate_run_id": run.info.run_id,
-                             "train_run_ids": {f"{r['modality']}/{r['fold']}": r["run_id"] for r in runs}}
+        for m, r in records.items():  # the test scores also land on each train run, so runs compare in mlflow ui
+            client.log_metric(r["mlflow_run_id"], "test_ua", results[m]["ua"])
+        results["mlflow"] = {"parent_run_id": parent, "evaluate_run_id": run.info.run_id,
+                             "train_run_ids": {m: r["mlflow_run_id"] for m, r in records.items()}}
         if not os.environ.get("DVC_EXP_NAME"):  # the default configuration registers; experiments do not
-            summary["mlflow"]["registered"] = register_best(
-                [{**r, "checkpoint": Path(args.models) / r["modality"] / r["fold"] / "model.ckpt"} for r in runs],
-                registered_name="mmser", alias="best", experiment=params["tracking"].experiment)
-        write_json(args.metrics, {"corpus": corpus, "protocol": splits["protocol"], "head": train.head, **summary})
-        mlflow.log_artifact(args.metrics)
+            from mmser.pyfunc import register_best
+
+            results["mlflow"]["registered"] = register_best(records, models, registered_name="mmser", alias="best",
+                                                            experiment=params["tracking"].experiment)
+        write_json(args.metrics, {**header, **results})
+        write_json(args.candidates, {**header, "selected_by": next(iter(records.values()))["selected"]["selected_by"],
+                                     "candidates": table})
+        for path in (args.metrics, args.candidates):
+            mlflow.log_artifact(path)
+            client.log_artifact(parent, path)
         for key, value in aggregate.items():  # the pipeline's parent run carries the aggregate and the summary
             client.log_metric(parent, key, value)
-        client.log_artifact(parent, args.metrics)
         mlflow.log_artifacts(str(reports / "plots"), artifact_path="plots")
-        mlflow.log_artifacts(str(reports / "predictions"), artifact_path="predictions")
-        log_outputs({"summary": args.metrics})
-    for modality in ("text", "audio", "fusion"):
-        if modality in summary:
-            s = summary[modality]
-            log.info("evaluate %s: UA %.3f ± %.3f  WA %.3f ± %.3f", modality, s["ua"], s["ua_std"], s["wa"], s["wa_std"])
+        log_outputs({"summary": args.metrics, "candidates": args.candidates})
+    for m in records:
+        s, b = results[m], results[f"{m}_baseline"]
+        log.info("evaluate %s (%s): UA %.3f ± %.3f, WA %.3f; logreg baseline UA %.3f", m, s["candidate"], s["ua"],
+                 s["ua_std"], s["wa"], b["ua"])
 
 
 if __name__ == "__main__":
-    run_stage(main, description=__doc__, inputs=["table", "splits", "text", "audio", "models"],
-              outputs=["metrics", "reports"])
+    run_stage(main, description=__doc__, inputs=["table", "splits", "models"],
+              outputs=["metrics", "candidates", "reports"])

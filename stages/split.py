@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mmser.data.splits import make_folds
+from mmser.data.splits import make_folds, validation_kind
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
@@ -14,10 +14,11 @@ def main(args, params: dict) -> None:
     base, split = params["base"], params["split"]
     table = pd.read_csv(args.table, keep_default_na=False, dtype={"session": str, "speaker": str})
     folds = make_folds(table, protocol=split.protocol, seed=base.seed, test_fraction=split.test_fraction,
-                       val_fraction=split.val_fraction, folds=split.folds)
+                       val_fraction=split.val_fraction, val_speakers=split.val_speakers, folds=split.folds)
     with stage_run("split", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params={**flatten("base", base), **flatten("split", split)}, inputs={"table": args.table}) as run:
-        write_json(args.out, {"protocol": split.protocol, "mlflow_run_id": run.info.run_id, "folds": folds})
+        write_json(args.out, {"protocol": split.protocol, "validation": validation_kind(split.protocol),
+                                "mlflow_run_id": run.info.run_id, "folds": folds})
         log_outputs({"splits": args.out})
     log.info("split: %s, %d folds", split.protocol, len(folds))
 

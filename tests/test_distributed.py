@@ -47,7 +47,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _params(root: Path, name: str, class_weights: bool = False, **distributed) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     # Dropout draws its masks per process, so bitwise-comparable training needs it off (see README).
-    params["train"].update(epochs=5, batch_size=8, dropout=0.0, head="gated", lr=1e-2, class_weights=class_weights)
+    params["train"].update(epochs=5, batch_size=8, dropout=0.0, heads=["gated"], weight_decay=[0.0], lr=1e-2,
+                           folds=[1], class_weights=class_weights)
     params["distributed"].update(distributed)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -57,7 +58,7 @@ def _params(root: Path, name: str, class_weights: bool = False, **distributed) -
 def _train(root: Path, name: str, env: dict | None = None, class_weights: bool = False,
            **distributed) -> subprocess.Popen:
     params = _params(root, name, class_weights, **distributed)
-    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--modality", "fusion", "--fold", "1",
+    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--modality", "fusion",
            "--table", str(root / "table.csv"), "--splits", str(root / "splits.json"), "--text", str(root / "text.npz"),
            "--audio", str(root / "audio.npz"), "--out", str(root / name), "--params", str(params)]
     full_env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", **(env or {})}
@@ -77,12 +78,17 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
+def _record(root: Path, name: str) -> dict:
+    return json.loads((root / name / "candidates.json").read_text())
+
+
 def _assert_same_training(root: Path, a: str, b: str) -> None:
-    wa, wb = _weights(root / a / "model.ckpt"), _weights(root / b / "model.ckpt")
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=1e-4), key
-    ha, hb = pd.read_csv(root / a / "history.csv"), pd.read_csv(root / b / "history.csv")
+    for model in ("fold1", "final"):  # the fold fit (chosen on validation) and the refit on all data
+        wa, wb = _weights(root / a / model / "model.ckpt"), _weights(root / b / model / "model.ckpt")
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=1e-4), (model, key)
+    ha, hb = pd.DataFrame(_record(root, a)["history"]), pd.DataFrame(_record(root, b)["history"])
     assert list(ha["epoch"]) == list(hb["epoch"]) == [1, 2, 3, 4, 5]
     # Every epoch's weights, not only the kept checkpoint's: the validation loss follows them.
     assert np.allclose(ha["val_loss"], hb["val_loss"], rtol=1e-5, atol=1e-6)
@@ -109,14 +115,14 @@ def test_ddp_on_two_cpu_processes_gives_the_single_process_weights(single: Path)
     before = set(_train_runs(root))
     _finish(_train(root, "ddp", accelerator="cpu", devices=2, strategy="ddp"))
     _assert_same_training(root, "single", "ddp")
-    record = json.loads((root / "ddp" / "run.json").read_text())
+    record = _record(root, "ddp")
     assert record["processes"] == 2
     # One MLflow run for the job, from rank 0, with the per-epoch curves: no empty twin from the other rank.
     new = {k: v for k, v in _train_runs(root).items() if k not in before}
-    assert list(new) == [record["run_id"]]
-    run = new[record["run_id"]]
+    assert list(new) == [record["mlflow_run_id"]]
+    run = new[record["mlflow_run_id"]]
     assert run.data.tags["processes"] == "2" and run.data.params["distributed.strategy"] == "ddp"
-    assert {"val_ua", "train_loss"} <= set(run.data.metrics)
+    assert {"fold1.val_ua", "fold1.train_loss"} <= set(run.data.metrics)
 
 
 def test_ddp_spawn_gives_the_single_process_weights_and_one_run(single: Path) -> None:
@@ -125,7 +131,7 @@ def test_ddp_spawn_gives_the_single_process_weights_and_one_run(single: Path) ->
     _finish(_train(root, "spawn", accelerator="cpu", devices=2, strategy="ddp_spawn"))
     _assert_same_training(root, "single", "spawn")
     new = set(_train_runs(root)) - before
-    assert new == {json.loads((root / "spawn" / "run.json").read_text())["run_id"]}  # none from the parent
+    assert new == {_record(root, "spawn")["mlflow_run_id"]}  # none from the parent
 
 
 def test_two_nodes_on_loopback_train_as_one_job(single: Path) -> None:
@@ -138,7 +144,7 @@ def test_two_nodes_on_loopback_train_as_one_job(single: Path) -> None:
     for proc in procs:
         _finish(proc)
     _assert_same_training(root, "single", "nodes")
-    assert json.loads((root / "nodes" / "run.json").read_text())["processes"] == 2
+    assert _record(root, "nodes")["processes"] == 2
     assert len(set(_train_runs(root)) - before) == 1  # node 1 logged nothing
 
 

@@ -92,10 +92,10 @@ def test_wrong_literal_lists_allowed_values(tmp_path: Path, raw: dict[str, Any])
 
 def test_wrong_literal_inside_list_names_the_item(tmp_path: Path, raw: dict[str, Any]) -> None:
     with pytest.raises(ParamsError) as err:
-        load_params(_variant(tmp_path, raw, "train", "modalities", ["text", "video"]))
+        load_params(_variant(tmp_path, raw, "train", "heads", ["linear", "transformer"]))
     message = str(err.value)
-    assert "train.modalities[1]" in message
-    assert "'fusion'" in message
+    assert "train.heads[1]" in message
+    assert "'gated'" in message
 
 
 def test_optional_value_accepts_null_and_string(tmp_path: Path, raw: dict[str, Any]) -> None:
@@ -113,8 +113,12 @@ def test_optional_value_accepts_null_and_string(tmp_path: Path, raw: dict[str, A
     ("train", "lr", 0.0),
     ("train", "epochs", 0),
     ("train", "gamma", 1.5),
-    ("train", "modalities", []),
-    ("train", "modalities", ["text", "text"]),
+    ("train", "heads", []),
+    ("train", "heads", ["server", "server"]),
+    ("train", "weight_decay", [-0.1]),
+    ("train", "weight_decay", []),
+    ("train", "baseline_c", [0.0]),
+    ("split", "val_speakers", 1.0),
     ("split", "test_fraction", 1.0),
     ("split", "folds", 1),
     ("base", "sample_rate", 44100),

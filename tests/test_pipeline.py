@@ -73,7 +73,8 @@ def pipeline(tmp_path_factory) -> Path:
     bert = make_tiny_bert(root / "tiny-bert")
     _set_params(repo, demo={"utterances_per_speaker": 10},
                 extract_text={"model": str(bert), "pooling": "mean"},
-                train={"epochs": 12, "batch_size": 8, "folds": [1, 2]}, evaluate={"bootstrap_resamples": 200})
+                train={"epochs": 12, "batch_size": 8, "folds": [1, 2], "heads": ["linear", "gated"],
+                       "weight_decay": [0.0, 0.01]}, evaluate={"bootstrap_resamples": 200})
     _commit(repo, "tiny params")
     _run(["dvc", "repro"], repo)
     return repo
@@ -102,19 +103,33 @@ def test_repro_fills_metrics_for_every_modality(pipeline: Path) -> None:
 
 
 @pytest.mark.slow
-def test_heads_are_compared_on_validation_and_the_best_model_registered(pipeline: Path) -> None:
-    heads = json.loads((pipeline / "metrics" / "heads.json").read_text())
-    assert set(heads["heads"]) == {"server", "gated", "late"}
-    val = {h: heads["heads"][h]["fusion"]["val_ua"] for h in heads["heads"]}
-    assert heads["selected_head"] == max(val, key=val.get)  # chosen on validation, not test
-    for per in heads["heads"].values():
-        assert set(per) == {"text", "audio", "fusion"}
-        assert all(s["ua_ci95"][0] <= s["ua"] <= s["ua_ci95"][1] for s in per.values())
+def test_candidates_are_chosen_on_validation_beside_the_baseline_and_the_refit_registered(pipeline: Path) -> None:
+    table = json.loads((pipeline / "metrics" / "candidates.json").read_text())
     summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
+    rows = table["candidates"]
+    assert {r["candidate"] for r in rows} == {"linear/wd=0", "linear/wd=0.01", "gated/wd=0", "gated/wd=0.01", "logreg"}
+    for modality in ("text", "audio", "fusion"):
+        mine = [r for r in rows if r["modality"] == modality and r["candidate"] != "logreg"]
+        (chosen,) = [r for r in mine if r["selected"]]
+        assert chosen["val_ua"] == max(r["val_ua"] for r in mine)  # chosen on validation, never on test
+        assert summary[modality]["candidate"] == chosen["candidate"]
+        assert summary[modality]["ua"] == pytest.approx(chosen["ua"])  # the reported row is the chosen one's
+        baseline = summary[f"{modality}_baseline"]
+        assert baseline["C"] in (0.01, 0.1, 1.0) and 0.0 <= baseline["vs_chosen"]["p_value"] <= 1.0
+        assert baseline["vs_chosen"]["ua_diff"] == pytest.approx(summary[modality]["ua"] - baseline["ua"])
+        record = json.loads((pipeline / "models" / modality / "candidates.json").read_text())
+        # Nothing trained twice: one fit per (candidate, fold), all from the one train stage of this modality.
+        assert len(record["fits"]) == 4 * 2
+        card = json.loads((pipeline / "models" / modality / "final" / "model.json").read_text())
+        assert card["selection"]["candidate"] == chosen["candidate"] and card["trained_on"].startswith("every")
     registered = summary["mlflow"]["registered"]
+    best = max(("text", "audio", "fusion"), key=lambda m: summary[m]["val_ua"])
+    assert registered["modality"] == best and registered["candidate"] == summary[best]["candidate"]
     db = sqlite3.connect(pipeline / "mlflow.db")
     versions = db.execute("select name, version from model_versions").fetchall()
     assert (registered["name"], int(registered["version"])) in [(n, int(v)) for n, v in versions]
+    splits = json.loads((pipeline / "data" / "splits.json").read_text())
+    assert splits["validation"].startswith("speakers") and all(f["val_speakers"] for f in splits["folds"])
 
 
 @pytest.mark.slow
@@ -128,34 +143,31 @@ def test_folds_are_sessions_and_each_test_utterance_counts_once(pipeline: Path) 
 
 
 @pytest.mark.slow
-def test_mlflow_has_one_run_per_modality_and_fold_with_curves(pipeline: Path) -> None:
+def test_mlflow_has_one_run_per_stage_with_the_chosen_curves(pipeline: Path) -> None:
     db = sqlite3.connect(pipeline / "mlflow.db")
     runs = db.execute("select r.run_uuid, r.name from runs r join tags t on t.run_uuid = r.run_uuid "
                       "where t.key = 'mmser.stage' and t.value = 'train'").fetchall()
-    assert sorted(name for _, name in runs) == sorted(f"{m}/fold{i}" for m in ("text", "audio", "fusion")
-                                                     for i in (1, 2))
-    run_id = runs[0][0]
-    epochs = db.execute("select count(*) from metrics where run_uuid = ? and key = 'val_ua'", (run_id,)).fetchone()
+    assert sorted(name for _, name in runs) == ["train audio", "train fusion", "train text"]
+    run_id = dict((n, r) for r, n in runs)["train fusion"]
+    epochs = db.execute("select count(*) from metrics where run_uuid = ? and key = 'fold1.val_ua'",
+                        (run_id,)).fetchone()
     assert epochs[0] == 12
     keys = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (run_id,))}
-    assert {"train_loss", "val_loss", "val_ua", "val_wa", "test_ua", "test_wa"} <= keys
+    assert {"fold1.train_loss", "fold2.val_loss", "val_ua.linear/wd_0", "test_ua"} <= keys
     tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
     assert len(tags["git_commit"].split("-")[0]) == 40 and "input.text.md5" in tags
     stages = {v for (v,) in db.execute("select value from tags where key = 'mmser.stage'")}
-    assert stages == {"pipeline", "prepare", "split", "extract_text", "extract_audio", "train", "compare_heads",
-                      "evaluate"}
+    assert stages == {"pipeline", "prepare", "split", "extract_text", "extract_audio", "train", "evaluate"}
     summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
     assert set(summary["mlflow"]["train_run_ids"].values()) == {r for r, _ in runs}
-    checkpoints = list((pipeline / "mlartifacts").rglob("model/model.ckpt"))
-    assert len(checkpoints) == 6
     # Every stage's run nests under the pipeline's parent run, which carries the aggregate metrics.
     parent = summary["mlflow"]["parent_run_id"]
     children = {r for (r,) in db.execute("select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?",
                                          (parent,))}
-    # 6 training runs + prepare, split, extract_text, extract_audio, compare_heads, evaluate
-    assert {r for r, _ in runs} <= children and len(children) == 6 + 6
+    # 3 training runs + prepare, split, extract_text, extract_audio, evaluate
+    assert {r for r, _ in runs} <= children and len(children) == 3 + 5
     parent_metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (parent,))}
-    assert {"fusion_ua", "text_wa", "audio_macro_f1"} <= parent_metrics
+    assert {"fusion_ua", "text_wa", "audio_macro_f1", "fusion_baseline_ua"} <= parent_metrics
 
 
 @pytest.mark.slow
@@ -164,19 +176,18 @@ def test_rerun_is_noop_and_edits_rerun_only_what_they_feed(pipeline: Path) -> No
     original = (pipeline / "params.yaml").read_text()
     try:
         _set_params(pipeline, train={"lr": 0.002})
-        assert _would_run(pipeline) == {f"train@{m}-{k}" for m in ("text", "audio", "fusion") for k in (1, 2)} | {
-            "compare_heads"}
+        assert _would_run(pipeline) == {"train@text", "train@audio", "train@fusion"}
         (pipeline / "params.yaml").write_text(original)
-        _set_params(pipeline, split={"val_fraction": 0.2})
+        _set_params(pipeline, split={"val_speakers": 0.3})
         assert _would_run(pipeline) == {"split"}
         (pipeline / "params.yaml").write_text(original)
         _set_params(pipeline, evaluate={"bootstrap_resamples": 300})
-        assert _would_run(pipeline) == {"compare_heads", "evaluate"}  # no train@ stage
+        assert _would_run(pipeline) == {"evaluate"}  # no train@ stage
         (pipeline / "params.yaml").write_text(original)
-        # A text-encoder change re-extracts text and retrains; audio and the corpus are left alone.
+        # A text-encoder change re-extracts text and retrains what text feeds; audio and the corpus are left alone.
         _set_params(pipeline, extract_text={"pooling": "cls"})
-        trained = {f"train@{m}-{k}" for m in ("text", "audio", "fusion") for k in (1, 2)}
-        assert _ran(_run(["dvc", "repro"], pipeline).stdout) == {"extract_text", "compare_heads", "evaluate"} | trained
+        assert _ran(_run(["dvc", "repro"], pipeline).stdout) == {"extract_text", "train@text", "train@fusion",
+                                                                 "evaluate"}
     finally:
         (pipeline / "params.yaml").write_text(original)
     _run(["dvc", "repro"], pipeline)  # back to the original outputs (from DVC's run cache)

@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from mmser.readme import END, HEADS_END, HEADS_START, START, render, render_heads, update_readme
+from mmser.evaluation import candidates_markdown
+from mmser.readme import CANDIDATES_END, CANDIDATES_START, END, START, render, update_readme
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,9 +17,9 @@ def test_readme_table_matches_committed_metrics() -> None:
     text = (REPO / "README.md").read_text()
     block = text[text.index(START) + len(START):text.index(END)].strip()
     assert block == render(summary).strip(), "run `python -m mmser.readme` after `dvc repro`"
-    heads = json.loads((REPO / "metrics" / "heads.json").read_text())
-    block = text[text.index(HEADS_START) + len(HEADS_START):text.index(HEADS_END)].strip()
-    assert block == render_heads(heads).strip(), "run `python -m mmser.readme` after `dvc repro`"
+    candidates = json.loads((REPO / "metrics" / "candidates.json").read_text())
+    block = text[text.index(CANDIDATES_START) + len(CANDIDATES_START):text.index(CANDIDATES_END)].strip()
+    assert block == candidates_markdown(candidates).strip(), "run `python -m mmser.readme` after `dvc repro`"
 
 
 def test_update_readme_rewrites_only_the_block(tmp_path: Path) -> None:

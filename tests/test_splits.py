@@ -1,4 +1,5 @@
-"""Evaluation protocols: folds partition the data, and speaker-independent ones share no speaker."""
+"""Evaluation protocols: folds partition the data, and speaker-independent ones share no speaker between any
+two of train, validation and test."""
 
 from __future__ import annotations
 
@@ -22,7 +23,14 @@ def _table(n_sessions: int = 5, per_speaker: int = 20, with_sessions: bool = Tru
 
 
 def _folds(table: pd.DataFrame, protocol: str, seed: int = 0, folds: int = 5) -> list[dict]:
-    return make_folds(table, protocol=protocol, seed=seed, test_fraction=0.2, val_fraction=0.1, folds=folds)
+    return make_folds(table, protocol=protocol, seed=seed, test_fraction=0.2, val_fraction=0.1, val_speakers=0.2,
+                      folds=folds)
+
+
+def _assert_speaker_disjoint(fold: dict, table: pd.DataFrame) -> None:
+    train, val, test = (_speakers(table, fold[s]) for s in ("train", "val", "test"))
+    assert not train & val and not train & test and not val & test, fold["name"]
+    assert val == set(fold["val_speakers"])
 
 
 def _assert_partition(fold: dict, table: pd.DataFrame) -> None:
@@ -49,9 +57,9 @@ def test_loso_one_fold_per_session_and_speaker_independent() -> None:
         assert len(fold["test"]) == 40  # the whole held-out session
         assert fold["held_out"] not in set(by_id.loc[fold["train"] + fold["val"], "session"])
         assert not _speakers(table, fold["train"]) & _speakers(table, fold["test"])
-        assert not _speakers(table, fold["val"]) & _speakers(table, fold["test"])
-        assert len(fold["val"]) == pytest.approx(0.1 * 160, abs=1)
-        # Validation is stratified: every class is present in it.
+        _assert_speaker_disjoint(fold, table)
+        assert len(fold["val_speakers"]) == 2  # round(0.2 x 8 training speakers)
+        # Validation is class-balanced as far as the speakers allow: every class is present in it.
         assert set(by_id.loc[fold["val"], "label"]) == set(LABELS)
     # Every utterance is tested exactly once across the folds.
     tested = [i for f in folds for i in f["test"]]
@@ -61,7 +69,8 @@ def test_loso_one_fold_per_session_and_speaker_independent() -> None:
 def test_loso_is_deterministic_for_a_seed() -> None:
     table = _table()
     assert _folds(table, "loso", seed=3) == _folds(table, "loso", seed=3)
-    assert _folds(table, "loso", seed=3) != _folds(table, "loso", seed=4)  # only val moves
+    assert [f["val_speakers"] for f in _folds(table, "loso", seed=3)] != \
+        [f["val_speakers"] for f in _folds(table, "loso", seed=4)]  # only val moves
     assert [f["test"] for f in _folds(table, "loso", seed=3)] == [f["test"] for f in _folds(table, "loso", seed=4)]
 
 
@@ -98,7 +107,7 @@ def test_speaker_kfold_tests_every_speaker_once() -> None:
         test_speakers = _speakers(table, fold["test"])
         assert test_speakers == set(fold["held_out"].split(","))
         assert not _speakers(table, fold["train"]) & test_speakers
-        assert not _speakers(table, fold["val"]) & test_speakers
+        _assert_speaker_disjoint(fold, table)
         tested_speakers.extend(test_speakers)
     assert sorted(tested_speakers) == sorted(table["speaker"].unique())  # each exactly once
     assert len(set(tested_speakers)) == 10
@@ -106,8 +115,11 @@ def test_speaker_kfold_tests_every_speaker_once() -> None:
 
 
 def test_speaker_kfold_with_too_few_speakers_fails() -> None:
-    with pytest.raises(ValueError, match="split.folds = 5 but the corpus has only 4 speakers"):
+    with pytest.raises(ValueError, match="split.folds = 5 needs >= 6 speakers .* the corpus has 4"):
         _folds(_table(n_sessions=2), "speaker_kfold", folds=5)
+    # 2 speakers: each fold trains on one, so no speaker is left to validate on.
+    with pytest.raises(ValueError, match="needs >= 3 speakers"):
+        _folds(_table(n_sessions=1), "speaker_kfold", folds=2)
 
 
 def test_unknown_protocol() -> None:
@@ -133,3 +145,53 @@ def test_lospo_holds_out_one_speaker_and_validates_on_the_partner() -> None:
 def test_lospo_without_sessions_fails() -> None:
     with pytest.raises(ValueError, match="lospo"):
         _folds(_table(with_sessions=False), "lospo")
+
+
+def test_loso_refuses_a_speaker_in_two_sessions() -> None:
+    table = _table()
+    table.loc[table["speaker"] == "Ses02F", "session"] = ["Session1"] * 10 + ["Session2"] * 10
+    with pytest.raises(ValueError, match="speaker Ses02F appears in sessions Session1, Session2"):
+        _folds(table, "loso")
+
+
+def test_loso_with_one_training_speaker_fails_with_the_reason() -> None:
+    table = _table(n_sessions=2)
+    table = table[~((table["session"] == "Session1") & (table["speaker"] == "Ses01M"))]
+    with pytest.raises(ValueError, match="leaves 1 training speaker"):
+        _folds(table, "loso")
+
+
+@pytest.mark.parametrize("n_speakers", [10, 30, 100])
+def test_speaker_kfold_validation_speakers_scale_with_the_corpus(n_speakers: int) -> None:
+    rows = [{"id": f"s{s:03d}_{i:02d}", "label": LABELS[(i + s) % 4], "speaker": f"s{s:03d}", "session": ""}
+            for s in range(n_speakers) for i in range(12)]
+    table = pd.DataFrame(rows)
+    for fold in _folds(table, "speaker_kfold", folds=5):
+        _assert_partition(fold, table)
+        _assert_speaker_disjoint(fold, table)
+        n_train_speakers = n_speakers - len(_speakers(table, fold["test"]))
+        assert len(fold["val_speakers"]) == max(1, round(0.2 * n_train_speakers))
+
+
+def test_validation_speakers_are_chosen_for_class_balance() -> None:
+    # Speakers a..d say only "ang"; e..h are balanced. A balanced validation avoids the one-class speakers.
+    rows = []
+    for s in "abcd":
+        rows += [{"id": f"{s}{i}", "label": "ang", "speaker": s, "session": ""} for i in range(8)]
+    for s in "efgh":
+        rows += [{"id": f"{s}{i}", "label": LABELS[i % 4], "speaker": s, "session": ""} for i in range(8)]
+    from mmser.data.splits import validation_speakers
+
+    table = pd.DataFrame(rows)
+    chosen = validation_speakers(table, fraction=0.25, seed=0, where="test")
+    assert len(chosen) == 2
+    labels = set(table.loc[table["speaker"].isin(chosen), "label"])
+    assert len(labels) >= 2  # never two one-class speakers
+
+
+def test_random_validation_is_utterance_level_and_says_so() -> None:
+    from mmser.data.splits import validation_kind
+
+    (fold,) = _folds(_table(), "random")
+    assert "val_speakers" not in fold
+    assert validation_kind("random").startswith("utterances") and validation_kind("loso").startswith("speakers")

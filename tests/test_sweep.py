@@ -15,10 +15,10 @@ import yaml
 from test_pipeline import BIN, _commit, _copy_repo, _set_params
 
 # DVC's grid syntax: comma-separated values of each -S, crossed -> 2 x 2 = 4 queued experiments.
-SWEEP = ["-S", "train.lr=0.001,0.01", "-S", "train.head=server,gated"]
+SWEEP = ["-S", "train.lr=0.001,0.01", "-S", "train.dropout=0.0,0.5"]
 TINY = {"demo": {"utterances_per_speaker": 8},
-        "train": {"modalities": ["fusion"], "folds": [1], "epochs": 4, "batch_size": 8},
-        "compare_heads": {"heads": ["server"]}, "evaluate": {"bootstrap_resamples": 100}}
+        "train": {"heads": ["server"], "weight_decay": [0.0], "folds": [1], "epochs": 4, "batch_size": 8},
+        "evaluate": {"bootstrap_resamples": 100}}
 
 # One cache writer. The racy moment is two processes creating one file: before each file, both meet
 # (each touches its own mark and spins until the other's exists), then write batches, half of their
@@ -113,10 +113,10 @@ def test_queued_sweep_runs_two_at_a_time_and_logs_every_run_to_one_server(tmp_pa
     grid = set()
     for data in experiments.values():
         train = data["params"]["params.yaml"]["data"]["train"]
-        grid.add((train["lr"], train["head"]))
+        grid.add((train["lr"], train["dropout"]))
         summary = data["metrics"]["metrics/summary.json"]["data"]
         assert 0.0 <= summary["fusion"]["ua"] <= 1.0
-    assert grid == {(lr, head) for lr in (0.001, 0.01) for head in ("server", "gated")}
+    assert grid == {(lr, dropout) for lr in (0.001, 0.01) for dropout in (0.0, 0.5)}
     listed = _dvc(["exp", "ls", "--name-only"], repo, mlflow_server).split()
     assert sorted(listed) == sorted(experiments)
 
@@ -130,15 +130,14 @@ def test_queued_sweep_runs_two_at_a_time_and_logs_every_run_to_one_server(tmp_pa
         by_stage: dict[str, list] = {}
         for run in runs:
             by_stage.setdefault(run.data.tags["mmser.stage"], []).append(run)
-        assert {s: len(r) for s, r in by_stage.items()} == {"pipeline": 1, "train": 1, "compare_heads": 1,
-                                                            "evaluate": 1}, name
+        assert {s: len(r) for s, r in by_stage.items()} == {"pipeline": 1, "train": 3, "evaluate": 1}, name
         parent = by_stage["pipeline"][0]
         assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
-        assert by_stage["train"][0].info.run_name == "fusion/fold1"
-        assert by_stage["train"][0].info.status == "FINISHED"
+        assert sorted(r.info.run_name for r in by_stage["train"]) == ["train audio", "train fusion", "train text"]
+        assert all(r.info.status == "FINISHED" for r in by_stage["train"])
         train = data["params"]["params.yaml"]["data"]["train"]
-        logged = {k: v for k, v in parent.data.params.items() if k in ("train.lr", "train.head")}
-        assert logged == {"train.lr": str(train["lr"]), "train.head": train["head"]}, name
+        logged = {k: v for k, v in parent.data.params.items() if k in ("train.lr", "train.dropout")}
+        assert logged == {"train.lr": str(train["lr"]), "train.dropout": str(train["dropout"])}, name
         summary = data["metrics"]["metrics/summary.json"]["data"]
         assert summary["mlflow"]["parent_run_id"] == parent.info.run_id
     assert not (repo / "mlflow.db").exists() and not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))

@@ -1,4 +1,5 @@
-"""Test-set evaluation of trained heads: per-fold and mean scores, bootstrap intervals, paired comparison."""
+"""Test-set evaluation from the train stages' predictions: per-fold and mean scores, bootstrap intervals, paired
+comparisons (fusion against the better single modality, the chosen head against the logistic baseline)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,6 @@ import numpy as np
 import pandas as pd
 
 from mmser.metrics import bootstrap_draws, bootstrap_scores, confusion, percentile_interval, scores
-from mmser.models.module import EmotionClassifier
-from mmser.training import Features
-
-
-def predict_fold(checkpoint: str, features: Features, test_ids: list[str], modality: str) -> np.ndarray:
-    """Class probabilities of the test utterances under one checkpoint."""
-    model = EmotionClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
-    return model.predict_proba(*features.batch(features.rows(test_ids), modality))
-
-
-def fold_predictions(checkpoint: str, features: Features, test_ids: list[str], *, modality: str, label: str,
-                     fold: str, classes: list[str]) -> pd.DataFrame:
-    """One row per test utterance: id, modality `label`, fold, p_<class>..., true/predicted index and class."""
-    probs = predict_fold(checkpoint, features, test_ids, modality)
-    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
-    frame.insert(0, "id", test_ids)
-    frame.insert(1, "modality", label)
-    frame.insert(2, "fold", fold)
-    frame["true_idx"] = features.y[features.rows(test_ids)]
-    frame["pred_idx"] = probs.argmax(axis=1)
-    frame["label"] = [classes[i] for i in frame["true_idx"]]
-    frame["pred"] = [classes[i] for i in frame["pred_idx"]]
-    return frame
 
 
 def write_reports(predictions: pd.DataFrame, summary: dict, history: pd.DataFrame, classes: list[str],
@@ -91,6 +69,9 @@ def summarise(predictions: pd.DataFrame, classes: list[str], *, resamples: int, 
         entry["ua_ci95"] = percentile_interval(boot["ua"])
         entry["wa_ci95"] = percentile_interval(boot["wa"])
         entry["recall"] = pooled["recall"]
+        # UA is the mean recall over the classes a fold's test part holds: say which were absent, never hide it.
+        absent = {f: [c for i, c in enumerate(classes) if not (t == i).any()] for f, (t, _) in zip(folds, pairs)}
+        entry["classes_absent_from_test"] = {f: a for f, a in absent.items() if a}
         entry["n_test"] = pooled["n"]
         entry["per_fold"] = per_fold
         summary[modality] = entry
@@ -110,19 +91,70 @@ def pooled_confusion(rows: pd.DataFrame, n_classes: int) -> np.ndarray:
     return confusion(rows["true_idx"].to_numpy(), rows["pred_idx"].to_numpy(), n_classes)
 
 
+def _ci(values: list[float], signed: bool = False) -> str:
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    return f"[{fmt.format(values[0])}, {fmt.format(values[1])}]"
+
+
 def results_markdown(summary: dict, *, corpus: str, protocol: str) -> str:
-    """The README's results table, generated from metrics/summary.json."""
+    """The README's results table, generated from metrics/summary.json: each modality's chosen candidate beside
+    the logistic-regression baseline on the same folds, with the paired test between them."""
     lines = [f"Corpus: **{corpus}**, protocol: **{protocol}**; mean ± std over folds, "
              "[95% bootstrap interval] over test utterances.", "",
-             "| modality | UA | WA | macro-F1 |", "|---|---|---|---|"]
+             "| modality | chosen on validation | UA | WA | macro-F1 | logreg UA | chosen − logreg UA (p) |",
+             "|---|---|---|---|---|---|---|"]
     for modality in ("text", "audio", "fusion"):
         if modality in summary:
-            s = summary[modality]
-            lines.append(f"| {modality} | {s['ua']:.3f} ± {s['ua_std']:.3f} [{s['ua_ci95'][0]:.3f}, "
-                         f"{s['ua_ci95'][1]:.3f}] | {s['wa']:.3f} ± {s['wa_std']:.3f} [{s['wa_ci95'][0]:.3f}, "
-                         f"{s['wa_ci95'][1]:.3f}] | {s['macro_f1']:.3f} ± {s['macro_f1_std']:.3f} |")
+            s, b = summary[modality], summary[f"{modality}_baseline"]
+            c = b["vs_chosen"]
+            lines.append(f"| {modality} | {s['candidate']} | {s['ua']:.3f} ± {s['ua_std']:.3f} {_ci(s['ua_ci95'])} | "
+                         f"{s['wa']:.3f} ± {s['wa_std']:.3f} {_ci(s['wa_ci95'])} | {s['macro_f1']:.3f} | "
+                         f"{b['ua']:.3f} {_ci(b['ua_ci95'])} | {c['ua_diff']:+.3f} {_ci(c['ua_diff_ci95'], True)} "
+                         f"(p = {c['p_value']:.3f}) |")
     if "fusion_vs_best_unimodal" in summary:
         c = summary["fusion_vs_best_unimodal"]
-        lines += ["", f"Fusion − {c['other']} UA: {c['ua_diff']:+.3f} [{c['ua_diff_ci95'][0]:+.3f}, "
-                      f"{c['ua_diff_ci95'][1]:+.3f}], paired bootstrap p = {c['p_value']:.4f}."]
+        lines += ["", f"Fusion − {c['other']} UA: {c['ua_diff']:+.3f} {_ci(c['ua_diff_ci95'], True)}, "
+                      f"paired bootstrap p = {c['p_value']:.4f}."]
     return "\n".join(lines) + "\n"
+
+
+def candidates_markdown(candidates: dict) -> str:
+    """Every candidate and the baseline, per modality: mean validation UA (what selects) and test scores."""
+    lines = [f"Chosen per modality by {candidates['selected_by']}; every row comes from the same trained models.", "",
+             "| modality | candidate | val UA | test UA [95% CI] | test WA [95% CI] |", "|---|---|---|---|---|"]
+    for row in candidates["candidates"]:
+        name = f"**{row['candidate']}** (chosen)" if row["selected"] else row["candidate"]
+        lines.append(f"| {row['modality']} | {name} | {row['val_ua']:.3f} | {row['ua']:.3f} {_ci(row['ua_ci95'])} | "
+                     f"{row['wa']:.3f} {_ci(row['wa_ci95'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def selected_frames(modality: str, predictions: pd.DataFrame, chosen: str) -> dict[str, pd.DataFrame]:
+    """Test predictions under summary labels: `<modality>` (the chosen candidate), `<modality>/logreg`
+    (the baseline) and `<modality>/<candidate>` for every candidate, all on the same test utterances."""
+    test = predictions[predictions["split"] == "test"]
+    out = {modality: test[test["candidate"] == chosen]}
+    for candidate, rows in test.groupby("candidate", sort=False):
+        out[f"{modality}/{candidate}"] = rows
+    return {label: rows.drop(columns=["candidate", "split"]).assign(modality=label) for label, rows in out.items()}
+
+
+def versus(predictions: pd.DataFrame, a: str, b: str, summary: dict, n_classes: int, *, resamples: int,
+           seed: int) -> dict:
+    """UA(a) - UA(b) on the same test utterances, with its paired bootstrap interval and one-sided p-value."""
+    folds = fold_order(predictions)
+    return {"a": a, "b": b, "ua_diff": summary[a]["ua"] - summary[b]["ua"],
+            **paired_ua_test(fold_pairs(predictions, a, folds), fold_pairs(predictions, b, folds), n_classes,
+                             resamples=resamples, seed=seed)}
+
+
+def candidates_table(modality: str, record: dict, summary: dict) -> list[dict]:
+    """Per candidate of one modality: mean validation UA (what selects) and test scores, from the same models."""
+    rows = []
+    for name in [*record["candidates"], "logreg"]:
+        s = summary[f"{modality}/{name}"]
+        val = record["val_ua"].get(name, record["baseline"]["val_ua_by_C"][str(record["baseline"]["C"])]
+                                   if name == "logreg" else None)
+        rows.append({"modality": modality, "candidate": name, "selected": name == record["selected"]["candidate"],
+                     "val_ua": val, **{k: s[k] for k in ("ua", "ua_std", "ua_ci95", "wa", "wa_ci95", "macro_f1")}})
+    return rows

@@ -45,6 +45,7 @@ class SplitParams:
     protocol: Literal["loso", "lospo", "random", "speaker_kfold"]
     test_fraction: float
     val_fraction: float
+    val_speakers: float
     folds: int
 
 
@@ -73,11 +74,13 @@ class ExtractAudioParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    modalities: list[Literal["text", "audio", "fusion"]]
     folds: list[int]
-    head: Literal["server", "gated", "late"]
+    heads: list[Literal["linear", "server", "gated", "late"]]
+    weight_decay: list[float]
     audio_pooling: Literal["sum", "mean", "mean_std", "attention"]
     standardize: bool
+    speaker_norm: bool
+    baseline_c: list[float]
     class_weights: bool
     early_stopping: int
     text_proj_dim: int
@@ -88,11 +91,6 @@ class TrainParams:
     gamma: float
     epochs: int
     batch_size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareHeadsParams:
-    heads: list[Literal["server", "gated", "late"]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +119,6 @@ SECTIONS: dict[str, type] = {
     "extract_text": ExtractTextParams,
     "extract_audio": ExtractAudioParams,
     "train": TrainParams,
-    "compare_heads": CompareHeadsParams,
     "evaluate": EvaluateParams,
     "tracking": TrackingParams,
     "distributed": DistributedParams,
@@ -219,6 +216,7 @@ def _check_values(name: str, p: Any) -> None:
     elif name == "split":
         need(0.0 < p.test_fraction < 1.0, "test_fraction", "need 0 < test_fraction < 1")
         need(0.0 < p.val_fraction < 1.0, "val_fraction", "need 0 < val_fraction < 1")
+        need(0.0 < p.val_speakers < 1.0, "val_speakers", "need 0 < val_speakers < 1 (a fraction of training speakers)")
         need(p.folds >= 2, "folds", "need >= 2")
     elif name == "extract_text":
         need(p.max_length >= 8, "max_length", "need >= 8")
@@ -230,8 +228,6 @@ def _check_values(name: str, p: Any) -> None:
         need(not isinstance(p.ssl_layer, int) or p.ssl_layer >= 0, "ssl_layer",
              "use last, all, or a layer index >= 0 (0 = the transformer's input)")
         need(p.device in ("auto", "cpu") or p.device.startswith("cuda"), "device", "use auto, cpu or cuda[:N]")
-    elif name == "compare_heads":
-        need(len(p.heads) >= 1 and len(set(p.heads)) == len(p.heads), "heads", "need a non-empty list of distinct heads")
     elif name == "evaluate":
         need(p.bootstrap_resamples >= 100, "bootstrap_resamples", "need >= 100 for a usable interval")
     elif name == "data":
@@ -244,10 +240,12 @@ def _check_values(name: str, p: Any) -> None:
         need(p.strategy != "ddp_spawn" or p.num_nodes == 1, "strategy",
              "ddp_spawn starts its processes on one node; use ddp (or torchrun) across nodes")
     elif name == "train":
-        need(len(p.modalities) >= 1 and len(set(p.modalities)) == len(p.modalities), "modalities",
-             f"need a non-empty list of distinct {MODALITIES}")
+        need(len(p.heads) >= 1 and len(set(p.heads)) == len(p.heads), "heads", "need a non-empty list of distinct heads")
+        need(len(p.weight_decay) >= 1 and len(set(p.weight_decay)) == len(p.weight_decay)
+             and min(p.weight_decay) >= 0, "weight_decay", "need a non-empty list of distinct values >= 0")
         need(len(p.folds) >= 1 and len(set(p.folds)) == len(p.folds) and min(p.folds) >= 1, "folds",
              "need a non-empty list of distinct fold numbers >= 1")
+        need(len(p.baseline_c) >= 1 and min(p.baseline_c) > 0, "baseline_c", "need a non-empty list of C > 0")
         need(p.early_stopping >= 0, "early_stopping", "need >= 0 (0 = off)")
         need(0.0 <= p.dropout < 1.0, "dropout", "need 0 <= dropout < 1")
         need(p.lr > 0, "lr", "need > 0")

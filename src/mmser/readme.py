@@ -7,10 +7,10 @@ import json
 import re
 from pathlib import Path
 
-from mmser.evaluation import results_markdown
+from mmser.evaluation import candidates_markdown, results_markdown
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-HEADS_START, HEADS_END = "<!-- heads:start -->", "<!-- heads:end -->"
+CANDIDATES_START, CANDIDATES_END = "<!-- candidates:start -->", "<!-- candidates:end -->"
 
 
 def render(summary: dict) -> str:
@@ -20,35 +20,18 @@ def render(summary: dict) -> str:
     return results_markdown(summary, corpus=summary["corpus"], protocol=summary["protocol"]) + note
 
 
-def render_heads(heads: dict) -> str:
-    """Every head on the same folds: validation UA (what selects) and test UA / WA with 95% intervals."""
-    lines = [f"Selected head: **{heads['selected_head']}** ({heads['selected_by']}); `train.head` is "
-             f"**{heads['configured_head']}**.", "",
-             "| head | modality | val UA | test UA [95% CI] | test WA [95% CI] |", "|---|---|---|---|---|"]
-    for head, per in heads["heads"].items():
-        for modality, s in per.items():
-            lines.append(f"| {head} | {modality} | {s['val_ua']:.3f} | {s['ua']:.3f} [{s['ua_ci95'][0]:.3f}, "
-                         f"{s['ua_ci95'][1]:.3f}] | {s['wa']:.3f} [{s['wa_ci95'][0]:.3f}, {s['wa_ci95'][1]:.3f}] |")
-    if "selected_vs_server" in heads:
-        c = heads["selected_vs_server"]
-        lines += ["", f"{heads['selected_head']} − server ({c['modality']}) test UA: {c['ua_diff']:+.3f} "
-                      f"[{c['ua_diff_ci95'][0]:+.3f}, {c['ua_diff_ci95'][1]:+.3f}], paired bootstrap p = "
-                      f"{c['p_value']:.4f}."]
-    return "\n".join(lines) + "\n"
-
-
 def _fill(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise ValueError(f"README: no {start} ... {end} block to fill")
     return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}{end}", text, flags=re.S)
 
 
-def update_readme(readme: Path, summary_path: Path, heads_path: Path | None = None) -> bool:
-    """Replace the generated blocks (results, and heads when given); return whether the README changed."""
+def update_readme(readme: Path, summary_path: Path, candidates_path: Path | None = None) -> bool:
+    """Replace the generated blocks (results, and candidates when given); return whether the README changed."""
     text = readme.read_text()
     new = _fill(text, START, END, render(json.loads(summary_path.read_text())))
-    if heads_path is not None:
-        new = _fill(new, HEADS_START, HEADS_END, render_heads(json.loads(heads_path.read_text())))
+    if candidates_path is not None:
+        new = _fill(new, CANDIDATES_START, CANDIDATES_END, candidates_markdown(json.loads(candidates_path.read_text())))
     readme.write_text(new)
     return new != text
 
@@ -57,9 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--summary", default="metrics/summary.json")
-    parser.add_argument("--heads", default="metrics/heads.json")
+    parser.add_argument("--candidates", default="metrics/candidates.json")
     args = parser.parse_args()
-    changed = update_readme(Path(args.readme), Path(args.summary), Path(args.heads))
+    changed = update_readme(Path(args.readme), Path(args.summary), Path(args.candidates))
     print(f"{args.readme}: results table {'updated' if changed else 'already current'}")
 
 

@@ -1,154 +1,60 @@
-"""Train one head per (modality, fold) on cached embeddings with Lightning; MLflow logs each as its own run."""
+"""Fit one head on cached embeddings with Lightning Fabric: tensors in memory, whole-batch gathers, the best
+epoch kept on validation.
+
+Fabric runs the same loop in one process or under DDP (gloo on CPUs, NCCL on GPUs, across nodes): with W
+processes each takes batch_size / W rows of the same seeded shuffled order, so the W shares of step t are the
+rows one process takes at step t and DDP's averaged gradient is the single process's gradient. Every process
+scores the whole validation part, so the epoch choice is the same everywhere. `fit_head` returns what it
+learned; choosing among candidates (selection.py), writing outputs and MLflow (the train stage) live elsewhere.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import time
-import warnings
-from pathlib import Path
+import copy
+import dataclasses
+from typing import Any, Callable
 
-import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
+from torch.utils.data import DistributedSampler
 
-# Lightning's notices about an existing checkpoint folder (one per run by design) and a torch deprecation.
-warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-from mmser.distributed import is_launch_rank_zero, trainer_kwargs, world_size
+from mmser.distributed import world_size
+from mmser.features import Features
 from mmser.models.module import EmotionClassifier
 from mmser.params import DistributedParams
-from mmser.tracking import stage_run, tracking_uri
 
 SINGLE = DistributedParams(accelerator="cpu", devices=1, num_nodes=1, strategy="single")
 
-log = logging.getLogger(__name__)
+
+def make_fabric(distributed: DistributedParams | None = None):
+    """A Lightning Fabric for this launch (`single`: one process on `accelerator`; `ddp`, `ddp_spawn`: DDP)."""
+    from lightning.fabric import Fabric
+
+    p = distributed or SINGLE
+    if p.strategy == "single":
+        return Fabric(accelerator=p.accelerator, devices=1, num_nodes=1)
+    from lightning.fabric.strategies import DDPStrategy
+
+    backend = "gloo" if p.accelerator == "cpu" else None
+    strategy = DDPStrategy(process_group_backend=backend,
+                           start_method="spawn" if p.strategy == "ddp_spawn" else "popen")
+    return Fabric(accelerator=p.accelerator, devices=p.devices, num_nodes=p.num_nodes, strategy=strategy)
 
 
-class Features:
-    """Pooled text and audio vectors for every utterance, addressable by id, plus integer labels."""
-
-    def __init__(self, ids: list[str], labels: list[str], classes: list[str], text: np.ndarray | None,
-                 audio: np.ndarray | None, audio_lengths: np.ndarray | None = None):
-        self.index = {utt: i for i, utt in enumerate(ids)}
-        self.y = np.array([classes.index(label) for label in labels], dtype=np.int64)
-        self.text, self.audio = text, audio
-        # Padded (N, T, D) audio frames come with their lengths; pooled (N, D) audio counts as one frame each.
-        self.audio_lengths = audio_lengths if audio_lengths is not None else np.ones(len(ids), dtype=np.int64)
-
-    def batch(self, rows: np.ndarray, modality: str) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """(text, audio, audio_lengths) tensors of `rows` for `modality`; an unused modality is None."""
-        text = torch.from_numpy(self.text[rows]) if modality in ("text", "fusion") else None
-        audio = torch.from_numpy(self.audio[rows]) if modality in ("audio", "fusion") else None
-        return text, audio, torch.from_numpy(self.audio_lengths[rows])
-
-    def rows(self, ids: list[str]) -> np.ndarray:
-        """Row numbers of `ids` (all must be known)."""
-        missing = [u for u in ids if u not in self.index]
-        if missing:
-            raise KeyError(f"{len(missing)} utterances have no embedding, e.g. {missing[0]}; rerun extraction")
-        return np.array([self.index[u] for u in ids], dtype=np.int64)
+def launched(fabric, function: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run `function(fabric, ...)` in every process of the launch (ddp_spawn: in spawned processes; the parent
+    gets rank 0's result) and return this process's result."""
+    return fabric.launch(function, *args, **kwargs)
 
 
-class _Rows(Dataset):
-    """(text, audio, audio length, label) for the selected rows; an absent modality is an empty tensor."""
+@dataclasses.dataclass
+class Fit:
+    """What one fit learned: the model (at its best validation epoch, or the last without validation)."""
 
-    def __init__(self, features: Features, rows: np.ndarray, modality: str):
-        text, audio, self.lengths = features.batch(rows, modality)
-        empty = torch.zeros(len(rows), 0)
-        self.text = text if text is not None else empty
-        self.audio = audio if audio is not None else empty
-        self.y = torch.from_numpy(features.y[rows])
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        return self.text[i], self.audio[i], self.lengths[i], self.y[i]
-
-
-class EpochLog(Callback):
-    """Per epoch, on global rank 0 only: the history row (history.csv), the progress bar, MLflow's curves.
-
-    Everything it holds pickles (the bar and the MLflow client are made in the process that trains), so the
-    same callback works in one process, in `ddp` processes and in `ddp_spawn`'s spawned ones.
-    """
-
-    def __init__(self, history_path: Path, run_name: str, epochs: int, tracking: tuple[str, str] | None):
-        self.history_path, self.run_name, self.epochs, self.tracking = history_path, run_name, epochs, tracking
-        self.history: list[dict] = []
-        self._bar = self._client = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_bar": None, "_client": None}
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self._bar = tqdm(total=self.epochs, desc=f"train {self.run_name}", unit="epoch", mininterval=1.0)
-            if self.tracking is not None:
-                from mlflow.tracking import MlflowClient
-
-                self._client = MlflowClient(self.tracking[0])
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        epoch = trainer.current_epoch + 1
-        self.history.append({"epoch": epoch, **metrics})
-        pd.DataFrame(self.history).to_csv(self.history_path, index=False)
-        if self._client is not None:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            self._client.log_batch(self.tracking[1], metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
-        if self._bar is not None:
-            self._bar.set_postfix_str(f"{self.run_name} val_ua={metrics.get('val_ua', float('nan')):.3f}",
-                                      refresh=False)
-            self._bar.update(1)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class _FoldData(pl.LightningDataModule):
-    """The fold's loaders. Training batches come from a seeded DistributedSampler in every launch: with W
-    processes each takes batch_size / W rows of the same shuffled order, so the W shares of step t are the
-    rows one process takes at step t, and DDP's averaged gradient is the single process's gradient.
-    Every process scores the whole validation part (small), so checkpoint choice sees all of it."""
-
-    def __init__(self, train_set: Dataset, val_set: Dataset, *, batch_size: int, seed: int):
-        super().__init__()
-        self.train_set, self.val_set, self.batch_size, self.seed = train_set, val_set, batch_size, seed
-
-    def train_dataloader(self) -> DataLoader:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size // world, sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256)
-
-
-def _input_dims(features: Features, modality: str) -> tuple[int | None, int | None]:
-    text_dim = features.text.shape[1] if modality in ("text", "fusion") else None
-    audio_dim = features.audio.shape[-1] if modality in ("audio", "fusion") else None
-    return text_dim, audio_dim
-
-
-def train_options(p) -> dict:
-    """train_one's keyword arguments from the `train` params section (all but head and the per-run ones)."""
-    return dict(head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout,
-                                 lr=p.lr, step_size=p.step_size, gamma=p.gamma),
-                epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize, class_weights=p.class_weights,
-                early_stopping=p.early_stopping, audio_pooling=p.audio_pooling)
+    model: EmotionClassifier
+    history: list[dict]
+    best_epoch: int
+    best_val_ua: float | None
 
 
 def inverse_frequency_weights(labels: np.ndarray, n_classes: int) -> list[float]:
@@ -157,86 +63,106 @@ def inverse_frequency_weights(labels: np.ndarray, n_classes: int) -> list[float]
     return [float(len(labels) / (n_classes * c)) if c else 0.0 for c in counts]
 
 
-def train_one(features: Features, fold: dict, *, modality: str, classes: list[str], out_dir: Path, seed: int,
-              head: str, head_kwargs: dict, epochs: int, batch_size: int, standardize: bool, class_weights: bool,
-              early_stopping: int, tracking: dict | None, card: dict, audio_pooling: str = "sum",
-              distributed: DistributedParams | None = None) -> dict | None:
-    """Fit one head on one fold; keep the best checkpoint on validation; write model, card, history and record.
+def head_options(p) -> dict:
+    """fit_head's keyword arguments from the `train` params section (all but head, weight decay and data)."""
+    return dict(head_kwargs=dict(text_proj_dim=p.text_proj_dim, hidden_dim=p.hidden_dim, dropout=p.dropout,
+                                 lr=p.lr, step_size=p.step_size, gamma=p.gamma),
+                epochs=p.epochs, batch_size=p.batch_size, standardize=p.standardize, class_weights=p.class_weights,
+                early_stopping=p.early_stopping, audio_pooling=p.audio_pooling)
 
-    Outputs in `out_dir`: model.ckpt, model.json (the card: how inputs were embedded, so prediction embeds
-    exactly as training did), history.csv (per epoch) and run.json (the record, with the MLflow run id).
-    `tracking` holds experiment, params (flat), inputs (paths to hash) and parent (run id); None logs nothing.
-    `distributed` chooses Lightning's launch (None: one process). Only global rank 0 writes outputs and the
-    MLflow run; every other process returns None after training.
+
+def _tensors(features: Features, ids: list[str], modality: str, device) -> tuple[torch.Tensor | None, ...]:
+    text, audio, lengths = features.batch(features.rows(ids), modality)
+    y = torch.from_numpy(features.y[features.rows(ids)])
+    return tuple(t.to(device) if t is not None else None for t in (text, audio, lengths, y))
+
+
+def _take(tensors: tuple, index: torch.Tensor) -> tuple:
+    return tuple(t[index] if t is not None else None for t in tensors)
+
+
+def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[str], modality: str,
+             classes: list[str], seed: int, head: str, weight_decay: float, head_kwargs: dict, epochs: int,
+             batch_size: int, standardize: bool, class_weights: bool, early_stopping: int,
+             audio_pooling: str = "sum") -> Fit:
+    """Fit `head` on `train_ids`; keep the epoch with the best validation UA on `val_ids` (ties: lower loss).
+
+    With no `val_ids` (a refit on all labelled data) it trains exactly `epochs` epochs and keeps the last.
+    `early_stopping` > 0 stops after that many epochs without a better validation score. Every process of
+    `fabric`'s launch returns the same Fit.
     """
-    distributed = distributed or SINGLE
-    if batch_size % world_size(distributed):
-        raise ValueError(f"train.batch_size {batch_size} must be a multiple of the {world_size(distributed)} "
-                         "processes (distributed.devices x num_nodes): it is the global batch, split evenly")
-    rank_zero = is_launch_rank_zero(distributed)
-    tracking = tracking if rank_zero else None
-    pl.seed_everything(seed, workers=True, verbose=False)
-    train_rows, val_rows = features.rows(fold["train"]), features.rows(fold["val"])
-    text_dim, audio_dim = _input_dims(features, modality)
-    weights = inverse_frequency_weights(features.y[train_rows], len(classes)) if class_weights else None
+    world = fabric.world_size
+    if batch_size % world:
+        raise ValueError(f"train.batch_size {batch_size} must be a multiple of the {world} processes "
+                         "(distributed.devices x num_nodes): it is the global batch, split evenly")
+    fabric.seed_everything(seed, verbose=False)
+    text_dim = features.text.shape[1] if modality in ("text", "fusion") else None
+    audio_dim = features.audio.shape[-1] if modality in ("audio", "fusion") else None
+    train = _tensors(features, train_ids, modality, "cpu")
+    weights = inverse_frequency_weights(train[3].numpy(), len(classes)) if class_weights else None
     model = EmotionClassifier(text_dim=text_dim, audio_dim=audio_dim, classes=classes, head=head,
-                              class_weights=weights, audio_pooling=audio_pooling, **head_kwargs)
-    train_set = _Rows(features, train_rows, modality)
+                              class_weights=weights, audio_pooling=audio_pooling, weight_decay=weight_decay,
+                              **head_kwargs)
     if standardize:  # statistics from the training part only (audio: over its real frames, not the padding)
+        text, audio, lengths, _ = train
         if model.text_norm is not None:
-            model.text_norm.fit(train_set.text)
+            model.text_norm.fit(text)
         if model.audio_norm is not None:
-            frames = train_set.audio if train_set.audio.dim() == 2 else torch.cat(
-                [a[:n] for a, n in zip(train_set.audio, train_set.lengths)])
-            model.audio_norm.fit(frames)
-    data = _FoldData(train_set, _Rows(features, val_rows, modality), batch_size=batch_size, seed=seed)
+            model.audio_norm.fit(audio if audio.dim() == 2 else torch.cat([a[:n] for a, n in zip(audio, lengths)]))
+    optimizers = model.configure_optimizers()
+    wrapped, optimizer = fabric.setup(model, optimizers["optimizer"])
+    scheduler = optimizers["lr_scheduler"]["scheduler"]
+    train = tuple(fabric.to_device(t) if t is not None else None for t in train)
+    val = _tensors(features, val_ids, modality, fabric.device) if val_ids else None
+    sampler = DistributedSampler(range(len(train_ids)), num_replicas=world, rank=fabric.global_rank, shuffle=True,
+                                 seed=seed)
+    share = batch_size // world
+    history: list[dict] = []
+    best_state, best_score, since_best = None, float("-inf"), 0
+    for epoch in range(1, epochs + 1):
+        sampler.set_epoch(epoch - 1)
+        order = torch.tensor(list(sampler))
+        wrapped.train()
+        loss_sum, steps = torch.zeros((), device=fabric.device), 0
+        for start in range(0, len(order), share):
+            text, audio, lengths, y = _take(train, order[start:start + share])
+            logits = wrapped(text, audio, lengths)
+            total = model.label_weights(y)
+            if total is not None and world > 1:
+                total = fabric.all_reduce(total, reduce_op="sum")
+            loss = model.loss_of(logits, y, total, world)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            loss_sum += loss.detach()
+            steps += 1
+        scheduler.step()
+        if world > 1:  # the global batch's loss is the mean of the processes' share losses
+            loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum") / world
+        entry = {"epoch": epoch, "train_loss": float(loss_sum) / steps}
+        if val is not None:
+            entry.update(model.validate(*val))
+            if entry["val_select"] > best_score:
+                best_state, best_score, since_best = copy.deepcopy(model.state_dict()), entry["val_select"], 0
+            else:
+                since_best += 1
+        history.append(entry)
+        if early_stopping and val is not None and since_best >= early_stopping:
+            break
+    model = model.cpu()
+    if val is None:
+        return Fit(model=model, history=history, best_epoch=len(history), best_val_ua=None)
+    model.load_state_dict(best_state)
+    best = max(history, key=lambda h: (h["val_select"], -h["epoch"]))  # first epoch with the best score
+    return Fit(model=model, history=history, best_epoch=int(best["epoch"]), best_val_ua=float(best["val_ua"]))
 
-    run_name = f"{modality}/{fold['name']}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = ModelCheckpoint(dirpath=out_dir, filename="model", monitor="val_select", mode="max", save_top_k=1,
-                                 enable_version_counter=False)
-    callbacks: list[Callback] = [checkpoint]
-    if early_stopping:
-        callbacks.append(EarlyStopping(monitor="val_select", mode="max", patience=early_stopping))
-    run = (stage_run("train", experiment=tracking["experiment"], inputs=tracking["inputs"], run_name=run_name,
-                     parent=tracking["parent"],
-                     params={**tracking["params"], "modality": modality, "fold": fold["name"],
-                             "held_out": fold["held_out"], "n_train": len(train_rows), "n_val": len(val_rows)})
-           if tracking is not None else contextlib.nullcontext())
-    with run as active:
-        run_id = active.info.run_id if active is not None else None
-        if run_id is not None:
-            import mlflow
 
-            mlflow.set_tags({"modality": modality, "fold": fold["name"], "processes": world_size(distributed)})
-        history_path = out_dir / "history.csv"
-        epoch_log = EpochLog(history_path, run_name, epochs, (tracking_uri(), run_id) if run_id else None)
-        trainer = pl.Trainer(max_epochs=epochs, logger=False, deterministic=True, callbacks=[*callbacks, epoch_log],
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             default_root_dir=out_dir, **trainer_kwargs(distributed))
-        trainer.fit(model, datamodule=data)
-        if not rank_zero:
-            return None
-        history = pd.read_csv(history_path).to_dict("records")  # written by rank 0, maybe in a spawned process
-        best = out_dir / "model.ckpt"
-        card_path = out_dir / "model.json"
-        card_path.write_text(json.dumps({**card, "classes": classes, "modality": modality, "fold": fold["name"],
-                                         "head": head, "checkpoint": best.name}, indent=2) + "\n")
-        if run_id is not None:
-            for artifact in (best, card_path, history_path):
-                mlflow.log_artifact(str(artifact), artifact_path="model")
-    best_epoch = _best_epoch(history)
-    record = {"modality": modality, "fold": fold["name"], "held_out": fold["held_out"], "run_id": run_id,
-              "parent_run_id": tracking["parent"] if tracking else None, "best_epoch": best_epoch,
-              "epochs_run": len(history), "best_val_ua": next(h["val_ua"] for h in history if h["epoch"] == best_epoch),
-              "processes": trainer.world_size}
-    (out_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("%s: best val UA %.4f at epoch %d of %d -> %s", run_name, record["best_val_ua"], best_epoch,
-             record["epochs_run"], best)
-    return record
+def save_model(model: EmotionClassifier, path) -> None:
+    """Write a checkpoint `EmotionClassifier.load_from_checkpoint` reads (weights, hyperparameters, version)."""
+    import lightning
+    from pathlib import Path
 
-
-def _best_epoch(history: list[dict]) -> int:
-    """First epoch with the highest selection score (what ModelCheckpoint keeps)."""
-    best = max(history, key=lambda h: (h["val_select"], -h["epoch"]))
-    return int(best["epoch"])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)

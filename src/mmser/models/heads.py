@@ -1,4 +1,4 @@
-"""Fusion heads beyond the paper's: gated fusion (GMU) and late fusion of unimodal logits."""
+"""Heads beyond the paper's: a linear head (logistic regression), gated fusion (GMU), late fusion of logits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,26 @@ import torch
 from torch import nn
 
 from mmser.models.server import ServerHead
+
+
+class LinearHead(nn.Module):
+    """Multinomial logistic regression on the (standardised) inputs; fusion concatenates text then audio.
+
+    The small-corpus reference: with weight decay it is an L2-regularised logistic regression trained by Adam.
+    `text_proj_dim`, `hidden_dim` and `dropout` are accepted for a uniform signature and unused.
+    """
+
+    def __init__(self, *, text_dim: int | None, audio_dim: int | None, n_classes: int, text_proj_dim: int = 128,
+                 hidden_dim: int = 64, dropout: float = 0.5):
+        super().__init__()
+        if not text_dim and not audio_dim:
+            raise ValueError("LinearHead needs a text or an audio input")
+        self.uses_text, self.uses_audio = bool(text_dim), bool(audio_dim)
+        self.out = nn.Linear((text_dim or 0) + (audio_dim or 0), n_classes)
+
+    def forward(self, text: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [x for x, used in ((text, self.uses_text), (audio, self.uses_audio)) if used]
+        return self.out(torch.cat(parts, dim=-1))
 
 
 class GatedHead(nn.Module):
@@ -71,11 +91,11 @@ class AttentionPool(nn.Module):
         return (torch.softmax(scores, dim=1).unsqueeze(-1) * frames).sum(dim=1)
 
 
-HEADS = {"server": ServerHead, "gated": GatedHead, "late": LateFusionHead}
+HEADS = {"linear": LinearHead, "server": ServerHead, "gated": GatedHead, "late": LateFusionHead}
 
 
 def build_head(name: str, **kwargs) -> nn.Module:
-    """The head called `name` (server: the paper's, exactly)."""
+    """The head called `name` (server: the paper's, exactly; linear: logistic regression)."""
     if name not in HEADS:
         raise ValueError(f"unknown train.head {name!r}; allowed: {', '.join(HEADS)}")
     return HEADS[name](**kwargs)
