@@ -52,8 +52,9 @@ def commit(repo: Path, message: str, env: dict[str, str]) -> None:
     run(["git", "-c", "user.email=bench@mmser", "-c", "user.name=bench", "commit", "-qm", message], repo, env)
 
 
-def copy_checkout(dest: Path, env: dict[str, str]) -> Path:
-    """This checkout's tracked and untracked-unignored files as a fresh git repository, with tiny params."""
+def copy_checkout(dest: Path, env: dict[str, str], overrides: dict | None = None) -> Path:
+    """This checkout's tracked and untracked-unignored files as a fresh git repository, with `overrides` applied
+    to its params (default: the sweep's tiny params; {} keeps the defaults)."""
     files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO, env).split()
     for name in files:
         if name.startswith(("tests/", "metrics/")) or not (REPO / name).is_file():
@@ -61,7 +62,7 @@ def copy_checkout(dest: Path, env: dict[str, str]) -> Path:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, dest / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in TINY.items():
+    for section, values in (TINY if overrides is None else overrides).items():
         params[section].update(values)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest, env)

@@ -114,39 +114,41 @@ def test_served_model_answers_as_mmser_predict(store: dict, capsys, tmp_path: Pa
         assert served[2]["error"] == "empty text"
 
 
-def test_register_best_chooses_on_validation(store: dict, capsys) -> None:
+def test_register_best_chooses_the_modality_on_validation_and_registers_its_refit(store: dict, capsys) -> None:
+    import shutil
+
     import mlflow
 
     from mmser.pyfunc import register_best
     from mmser.tracking import setup_experiment
 
     models = store["models"]
+    folder = store["root"] / "pipeline-models"
     experiment_id = setup_experiment("mmser")
-    run_ids = {}
-    for modality in ("text", "fusion"):
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{modality}/fold1") as run:
-            run_ids[modality] = run.info.run_id
-    # Fusion has the best mean validation UA although text has the single best fold: the modality comes first.
-    runs = [{"modality": "text", "fold": "fold1", "run_id": run_ids["text"], "best_val_ua": 0.90,
-             "checkpoint": str(models["checkpoints"]["text"])},
-            {"modality": "text", "fold": "fold2", "run_id": run_ids["text"], "best_val_ua": 0.40,
-             "checkpoint": str(models["checkpoints"]["text"])},
-            {"modality": "fusion", "fold": "fold1", "run_id": run_ids["fusion"], "best_val_ua": 0.80,
-             "checkpoint": str(models["checkpoints"]["fusion"])},
-            {"modality": "fusion", "fold": "fold2", "run_id": run_ids["fusion"], "best_val_ua": 0.70,
-             "checkpoint": str(models["checkpoints"]["fusion"])}]
+    records = {}
+    # text validates better than fusion on its chosen candidate: text's refit is registered, whatever test says.
+    for modality, val_ua in (("text", 0.81), ("fusion", 0.80)):
+        final = folder / modality / "final"
+        final.mkdir(parents=True)
+        shutil.copy(models["checkpoints"][modality], final / "model.ckpt")
+        shutil.copy(models["checkpoints"][modality].with_suffix(".json"), final / "model.json")
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train {modality}") as run:
+            records[modality] = {"mlflow_run_id": run.info.run_id, "selected": {
+                "candidate": "server/wd=0", "val_ua": val_ua, "refit": {"utterances": 40, "epochs": 3}}}
     with mlflow.start_run(experiment_id=experiment_id, run_name="evaluate") as evaluate:  # as the stage calls it
-        registered = register_best(runs, registered_name="mmser-best", alias="best")
+        registered = register_best(records, folder, registered_name="mmser-best", alias="best")
         assert mlflow.active_run().info.run_id == evaluate.info.run_id
-    assert (registered["modality"], registered["fold"], registered["version"]) == ("fusion", "fold1", 1)
+    assert (registered["modality"], registered["candidate"], registered["version"]) == ("text", "server/wd=0", 1)
     assert registered["model_uri"] == "models:/mmser-best@best"
 
     client = mlflow.tracking.MlflowClient()
     version = client.get_model_version_by_alias("mmser-best", "best")
-    assert int(version.version) == 1 and version.tags["modality"] == "fusion" and version.tags["fold"] == "fold1"
-    assert "validation" in version.tags["selection"]
-    assert version.run_id == run_ids["fusion"]  # logged on the chosen training run
-    assert client.get_run(run_ids["fusion"]).info.status == "FINISHED"
+    assert int(version.version) == 1 and version.tags["modality"] == "text"
+    assert "validation" in version.tags["selection"] and version.tags["trained_on"].startswith("all 40")
+    assert version.run_id == records["text"]["mlflow_run_id"]  # logged on the chosen modality's train run
+    assert client.get_run(records["text"]["mlflow_run_id"]).info.status == "FINISHED"
 
-    by_alias = _predict_cli(capsys, "models:/mmser-best@best", models["clips"]["a"], TEXTS[0])
-    assert by_alias == _predict_cli(capsys, str(models["checkpoints"]["fusion"]), models["clips"]["a"], TEXTS[0])
+    assert main(["predict", "--model", "models:/mmser-best@best", "--text", TEXTS[0]]) == 0
+    by_alias = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--model", str(models["checkpoints"]["text"]), "--text", TEXTS[0]]) == 0
+    assert by_alias == json.loads(capsys.readouterr().out)
