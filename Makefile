@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: env repro test test-fast clean-env paper paper-loso
+.PHONY: env repro test test-e2e clean-env paper paper-loso
 
 env: $(VENV)/.installed
 
@@ -23,11 +23,13 @@ repro: env
 	$(BIN)/dvc repro
 	$(BIN)/python -m mmser.readme
 
+# The README's test command: unit and stage tests (a few minutes). The end-to-end ones (whole `dvc repro`
+# runs, servers, DDP, real models) carry the `slow` marker and run in test-e2e; CI runs both.
 test: env
-	$(BIN)/pytest -q
-
-test-fast: env
 	$(BIN)/pytest -q -m "not slow"
+
+test-e2e: env
+	$(BIN)/pytest -q -m slow
 
 clean-env:
 	rm -rf $(VENV)
