@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
+from mmser.data.records import check_ids, read_table
 from mmser.embeddings import audio_inputs, load_embeddings
 from mmser.training import Features
 
@@ -14,9 +14,7 @@ def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, np.ndarra
     their lengths when the pooling is learned (attention)."""
     emb_ids, frames, identity = load_embeddings(path)
     index = {u: i for i, u in enumerate(emb_ids)}
-    missing = [u for u in ids if u not in index]
-    if missing:
-        raise KeyError(f"{path}: {len(missing)} utterances have no embedding (e.g. {missing[0]}); rerun extraction")
+    check_ids(ids, index, wanted_from="the prepared table", present_in=path)
     values, lengths = audio_inputs([frames[index[u]] for u in ids], how)
     return values, lengths, identity
 
@@ -24,7 +22,7 @@ def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray, np.ndarra
 def load_features(table_path: str, text_path: str, audio_path: str, *, classes: list[str],
                   audio_pooling: str) -> tuple[Features, dict]:
     """Features for every utterance of the table, and the encoders' identities."""
-    table = pd.read_csv(table_path, keep_default_na=False)
+    table = read_table(table_path)
     ids = table["id"].tolist()
     text, _, text_id = _aligned(text_path, ids, "mean")  # one vector per utterance: pooling is a no-op
     audio, lengths, audio_id = _aligned(audio_path, ids, audio_pooling)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
+from mmser.data.records import check_ids
 from mmser.distributed import is_launch_rank_zero, trainer_kwargs, world_size
 from mmser.models.module import EmotionClassifier
 from mmser.params import DistributedParams
@@ -50,9 +51,7 @@ class Features:
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """Row numbers of `ids` (all must be known)."""
-        missing = [u for u in ids if u not in self.index]
-        if missing:
-            raise KeyError(f"{len(missing)} utterances have no embedding, e.g. {missing[0]}; rerun extraction")
+        check_ids(ids, self.index, wanted_from="the split", present_in="the prepared table's embeddings")
         return np.array([self.index[u] for u in ids], dtype=np.int64)
 
 
