@@ -185,9 +185,10 @@ def test_unimodal_models_take_only_their_input(models: dict, tmp_path: Path, cap
 
 def test_single_bad_input_is_a_one_line_error(models: dict, tmp_path: Path, capsys) -> None:
     fusion = str(models["checkpoints"]["fusion"])
-    for audio, text, expected in [(tmp_path / "nowhere.wav", TEXTS[0], "audio file not found"),
-                                  (models["clips"]["broken"], TEXTS[0], "audio undecodable"),
-                                  (models["clips"]["a"], "", "empty text")]:
+    for audio, text, expected in [(tmp_path / "nowhere.wav", TEXTS[0], "--audio: file not found"),
+                                  (models["clips"]["broken"], TEXTS[0], ": undecodable: "),
+                                  (models["clips"]["silent"], TEXTS[0], "audio silent"),
+                                  (models["clips"]["a"], "", "--text is empty")]:
         code, out, err = _run(capsys, "--model", fusion, "--audio", str(audio), "--text", text)
         lines = [line for line in err.splitlines() if line.startswith("mmser predict")]
         assert code == 1 and out == "" and len(lines) == 1 and expected in lines[0], err

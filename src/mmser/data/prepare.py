@@ -58,7 +58,8 @@ def check_audio(utterances: list[Utterance], *, short_clips: str, min_duration: 
             drops.add(utt.id, "short", f"{duration:.3f}s < {min_duration}s")
             continue
         rows.append({**_row(utt), "duration": round(duration, 4), "padded": short})
-    bad = {r: n for r, n in drops.counts().items() if r in ("undecodable", "empty", "silent", "non_finite_samples")}
+    bad = {r: n for r, n in drops.counts().items()
+           if r in ("undecodable", "truncated", "empty", "silent", "non_finite_samples")}
     if bad:
         log.warning("dropped %d unusable audio files: %s (details in the prepare report)", sum(bad.values()), bad)
     return pd.DataFrame(rows, columns=COLUMNS + sorted({k for r in rows for k in r} - set(COLUMNS)))
