@@ -21,6 +21,8 @@ import pytest
 import soundfile as sf
 import yaml
 
+from test_predict import build_models, cli_fresh
+
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
 CLASSES = ["ang", "hap", "sad", "neu"]
@@ -409,3 +411,91 @@ def test_stale_embeddings_name_both_files_not_just_extraction(tmp_path: Path) ->
         check_ids(["a", "b"], {"a": 0, "c": 1}, wanted_from="the split", present_in="the features")
     assert "number" not in str(err.value)
     check_ids(["a"], {"a", "b"}, wanted_from="x", present_in="y")  # a subset is fine
+
+
+# ---- mmser predict ----
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return build_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every hostile audio file but the 20-minute one (eGeMAPS takes over a minute on it), in a folder with spaces."""
+    folder = tmp_path_factory.mktemp("hostile") / "clips with spaces ü"
+    folder.mkdir()
+    paths = {}
+    for name, (write, _) in AUDIO.items():
+        if name != "20min.wav":
+            write(folder / name)
+            paths[name] = folder / name
+    return paths
+
+
+def test_predict_argument_and_input_errors_come_before_torch_and_mlflow(models, hostile, tmp_path: Path) -> None:
+    fusion, audio_model = str(models["checkpoints"]["fusion"]), str(models["checkpoints"]["audio"])
+    good = str(models["clips"]["a"])
+    csvs = {"no_columns.csv": "id,label\n1,ang\n", "latin1.csv": b"path,text\nb\xe9.wav,caf\xe9\n",
+            "fields.csv": "path,text\na.wav,hi\na.wav,hi, there\n", "audio_only.csv": "path\na.wav\n",
+            "empty.csv": ""}
+    for name, content in csvs.items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    cases = [
+        (["--model", fusion, "--audio", str(tmp_path / "missing.wav"), "--text", "hi"], "--audio: file not found"),
+        *[(["--model", fusion, "--audio", str(hostile[n]), "--text", "hi"], expected) for n, expected in [
+            ("empty.wav", ": undecodable: "), ("corrupt.wav", ": undecodable: "), ("text.wav", ": undecodable: "),
+            ("no_samples.wav", ": empty"), ("truncated.wav", ": truncated: the data chunk promises")]],
+        (["--model", fusion, "--audio", good, "--text", "  "], "--text is empty"),
+        (["--model", fusion, "--audio", good], "this fusion model needs --text and --audio"),
+        (["--model", audio_model, "--text", "hi"], "this audio model needs --audio"),
+        (["--model", fusion, "--csv", str(tmp_path / "missing.csv")], "--csv: file not found"),
+        (["--model", fusion, "--csv", str(tmp_path / "no_columns.csv")], "needs a 'path' and/or 'text' column"),
+        (["--model", fusion, "--csv", str(tmp_path / "empty.csv")], "no header (empty file)"),
+        (["--model", fusion, "--csv", str(tmp_path / "latin1.csv")], "not UTF-8 text"),
+        (["--model", fusion, "--csv", str(tmp_path / "fields.csv")], "line 3 has 3 fields, the header 2"),
+        (["--model", fusion, "--csv", str(tmp_path / "audio_only.csv")], "fusion model needs column(s) text"),
+        (["--model", str(tmp_path / "absent.ckpt"), "--text", "hi"], "absent.ckpt not found"),
+        (["--model", fusion, "--audio", good, "--csv", str(tmp_path / "audio_only.csv")], "give either"),
+        (["--model", fusion, "--text", "hi", "--out", "x.csv"], "--out goes with --csv"),
+        (["--audio", good, "--text", "hi"], "no MLflow store at"),  # the default model, before `make repro`
+    ]
+    env = {**os.environ, "DVC_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for (argv, expected), result in zip(cases, cli_fresh([argv for argv, _ in cases], tmp_path, env)):
+        lines = result["err"].strip().splitlines()
+        assert result["code"] == 1 and len(lines) == 1 and expected in lines[0], (argv, result)
+        assert lines[0].startswith("mmser predict: error: ") and "Traceback" not in result["err"]
+        assert not {"torch", "mlflow", "transformers"} & set(result["heavy"]), (argv, result["heavy"])
+
+
+def test_predict_hostile_audio_fails_only_its_row(models, hostile, tmp_path: Path, capsys) -> None:
+    from mmser.cli import main
+    from mmser.data.records import read_table
+
+    manifest = tmp_path / "hostile.csv"
+    # A BOM and `;` as the separator (a spreadsheet's export), absolute paths with spaces and non-ASCII letters.
+    lines = ["\ufeffid;path;text"] + [f"{name};{path};I am so angry" for name, path in hostile.items()]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--model", str(models["checkpoints"]["fusion"]), "--csv", str(manifest),
+                 "--out", str(out)]) == 0
+    table = read_table(out).set_index("id")
+    assert len(table) == len(hostile)
+    for name, (_, reason) in AUDIO.items():
+        if name not in hostile:
+            continue
+        row = table.loc[name]
+        if reason is None:
+            assert row["error"] == "" and row["label"] in CLASSES, (name, row["error"])
+            assert sum(float(row[f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
+        else:
+            assert row["error"].startswith(f"audio {reason}") and row["label"] == "", (name, row["error"])
+    assert f"{len(hostile)} rows, {sum(r is not None for n, (_, r) in AUDIO.items() if n in hostile)} failed" in \
+        capsys.readouterr().err
+
+    for name in ("nan.wav", "silent.wav", "cut.flac"):  # decodable headers: found once the model reads them
+        code = main(["predict", "--model", str(models["checkpoints"]["fusion"]), "--audio", str(hostile[name]),
+                     "--text", "hi"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and err[0].startswith(f"mmser predict: error: audio {AUDIO[name][1]}")

@@ -72,8 +72,14 @@ def csv_columns(path: str) -> list[str]:
         raise InputNotFoundError(f"--csv: file not found: {path}")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            first = f.readline()
-            header = next(csv.reader([first], delimiter=sniff_separator(first)), [])
+            separator = sniff_separator(f.readline())
+            f.seek(0)  # the utf-8-sig decoder skips the BOM again
+            reader = csv.reader(f, delimiter=separator)
+            header = next(reader, [])
+            for fields in reader:  # the rows pandas would refuse, found before the model loads
+                if fields and len(fields) != len(header):
+                    raise UserError(f"--csv {path}: line {reader.line_num} has {len(fields)} fields, the header "
+                                    f"{len(header)} (an unquoted separator inside a value?)")
     except UnicodeDecodeError as err:
         raise UserError(f"--csv {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     columns = [c.strip() for c in header]
