@@ -144,9 +144,9 @@ def _one_error_line(code: int, err: str) -> str:
     return errors[0]
 
 
-# ---- prepare: one manifest holding every hostile row, through the real stage command ----
+# ---- prepare: one manifest holding every hostile row ----
 
-def test_every_hostile_row_costs_itself_with_its_reason(tmp_path: Path, store: dict) -> None:
+def test_every_hostile_row_costs_itself_with_its_reason(tmp_path: Path, store, monkeypatch, capsys) -> None:
     audio = _write_audio(tmp_path / "corpus" / "audio")
     good = tmp_path / "corpus" / "dir with spaces" / "ünïcødé 日本 #1.wav"
     good.parent.mkdir()
@@ -179,13 +179,9 @@ def test_every_hostile_row_costs_itself_with_its_reason(tmp_path: Path, store: d
     also_dropped = [("audio/8bit", "duplicate_id"), ("audio/e1", "empty_label"), ("audio/e2", "label_bored"),
                     ("audio/e3", "empty_speaker"), ("audio/mpeg", "wrong_field_count"),
                     ("audio/vorbis", "wrong_field_count")]
-    params = _params(tmp_path, manifest)
-    table, report = tmp_path / "out" / "utterances.csv", tmp_path / "out" / "report.json"
-    done = subprocess.run([sys.executable, "stages/prepare.py", "--root", str(manifest.parent), "--manifest",
-                           str(manifest), "--table", str(table), "--report", str(report), "--params", str(params)],
-                          cwd=REPO, env={**os.environ, **store}, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    result = json.loads(report.read_text())
+    code, err, result = _prepare(tmp_path, _params(tmp_path, manifest), manifest, monkeypatch, capsys)
+    assert code == 0 and "error:" not in err, err
+    table = tmp_path / "prepared" / "utterances.csv"
 
     n_rows = _data_rows(manifest)
     assert n_rows == len(rows) + 1
@@ -311,6 +307,21 @@ def test_params_typos_and_wrong_types_are_one_line(tmp_path: Path, store, monkey
     manifest.write_text("path,label,speaker\na.wav,ang,s1\n")
     code, err, _ = _prepare(tmp_path, _params(tmp_path, manifest, **edit), manifest, monkeypatch, capsys)
     assert message in _one_error_line(code, err)
+
+
+def test_the_real_command_prints_one_line_and_no_traceback(tmp_path: Path, store: dict) -> None:
+    """`python stages/prepare.py` as DVC runs it, with a typo in params.yaml: one line on stderr, status 1."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,speaker\na.wav,ang,s1\n")
+    params = _params(tmp_path, manifest, train={"epoch": 3})
+    table, report = tmp_path / "out" / "utterances.csv", tmp_path / "out" / "report.json"
+    done = subprocess.run([sys.executable, "stages/prepare.py", "--root", str(tmp_path), "--manifest", str(manifest),
+                           "--table", str(table), "--report", str(report), "--params", str(params)],
+                          cwd=REPO, env={**os.environ, **store}, capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines() == ["error: params.yaml: unknown key train.epoch; allowed keys in "
+                                                "'train': " + ", ".join(yaml.safe_load((REPO / "params.yaml")
+                                                                                       .read_text())["train"])]
+    assert done.returncode == 1 and not table.exists() and not report.exists()
 
 
 @pytest.mark.parametrize("content, message", [
@@ -499,3 +510,17 @@ def test_predict_hostile_audio_fails_only_its_row(models, hostile, tmp_path: Pat
                      "--text", "hi"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and err[0].startswith(f"mmser predict: error: audio {AUDIO[name][1]}")
+
+
+def test_a_bug_in_predict_keeps_its_traceback(models, monkeypatch, capsys) -> None:
+    """A ValueError from inside mmser predict is a bug: it propagates (a traceback), not a one-line 'error'."""
+    import mmser.card
+    from mmser.cli import main
+
+    def broken(*args, **kwargs):
+        return ["x"].index("y")
+
+    monkeypatch.setattr(mmser.card, "model_modality", broken)
+    with pytest.raises(ValueError, match="is not in list"):
+        main(["predict", "--model", str(models["checkpoints"]["fusion"]), "--text", "hi"])
+    assert "error:" not in capsys.readouterr().err

@@ -53,10 +53,10 @@ def check_arguments(args: argparse.Namespace) -> list[str] | None:
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty")
     if args.audio is not None:
-        from mmser.data.audio import header_problem
-
         if not Path(args.audio).is_file():
             raise InputNotFoundError(f"--audio: file not found: {args.audio}")
+        from mmser.data.audio import header_problem
+
         if (problem := header_problem(args.audio)) is not None:
             raise UserError(f"--audio {args.audio}: {problem}")
     return csv_columns(args.csv) if args.csv else None

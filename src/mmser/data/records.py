@@ -71,7 +71,7 @@ class IdMismatchError(UserError, KeyError):
 
 
 def check_ids(wanted: list[str], present: list[str] | set[str] | dict, *, wanted_from: str, present_in: str) -> None:
-    """Raise IdMismatchError, saying which file is behind, unless every id of `wanted` is in `present`."""
+    """Raise IdMismatchError, naming both sides and a sample of each, unless every id of `wanted` is in `present`."""
     present = set(present)
     missing = [u for u in wanted if u not in present]
     if not missing:
