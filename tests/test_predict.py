@@ -296,3 +296,5 @@ def test_predict_defaults_to_the_registered_best_model(models, tmp_path: Path, m
     assert not {"torch", "mlflow"} & set(missing_text["heavy"])
     [other] = cli_fresh([["--model", "models:/mmser@champion", "--text", text]], tmp_path, env)
     assert other["code"] == 1 and "models:/mmser@champion is not registered" in other["err"]
+    assert main(["predict", "--model", "runs:/0123456789abcdef/pyfunc", "--text", text]) == 1  # MLflow refuses it
+    assert "Run with id=0123456789abcdef not found" in capsys.readouterr().err

@@ -20,6 +20,8 @@ log = logging.getLogger("mmser")
 DEFAULT_MODEL = "models:/mmser@best"  # what the evaluate stage registers (chosen on validation)
 INPUT_FLAGS = {"text": "--text", "audio_path": "--audio"}
 CSV_COLUMNS = {"text": "text", "audio_path": "path"}
+# MLflow's error codes for a model URI that names nothing (its other errors are failures, with a traceback).
+MLFLOW_REFUSALS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="checkpoint (its .json card beside it), MLflow model folder, or MLflow URI "
                               "(runs:/<id>/pyfunc, models:/<name>/<version>, models:/<name>@best); default: "
                               f"{DEFAULT_MODEL}, the best model `make repro` registered in the repository's store")
-    predict.add_argument("--audio", help="audio file (WAV/FLAC, any rate; audio and fusion models)")
+    predict.add_argument("--audio", help="audio file (WAV, FLAC, MP3, OGG; any rate and channels; audio and fusion models)")
     predict.add_argument("--text", help="transcript (text and fusion models)")
     predict.add_argument("--csv", help="manifest with columns path (relative to the CSV's folder, or absolute) "
                                        "and/or text; other columns are copied to the output")
@@ -195,7 +197,8 @@ def _is_user_error(err: Exception) -> bool:
     if isinstance(err, UserError):
         return True
     exceptions = sys.modules.get("mlflow.exceptions")  # only when MLflow was imported, never to find out
-    return exceptions is not None and isinstance(err, exceptions.MlflowException)
+    return (exceptions is not None and isinstance(err, exceptions.MlflowException)
+            and err.error_code in MLFLOW_REFUSALS)
 
 
 if __name__ == "__main__":
