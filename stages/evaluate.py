@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmser.evaluation import candidates_table, selected_frames, summarise, versus, write_reports, results_markdown
+from mmser.errors import UserError
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
@@ -28,7 +29,7 @@ def _load(models: Path) -> tuple[dict, dict]:
         records[modality] = record
         predictions[modality] = pd.read_csv(models / modality / "predictions.csv", dtype={"id": str, "fold": str})
     if not records:
-        raise ValueError("no modality was trained: the corpus has neither text nor audio inputs")
+        raise UserError("no modality was trained: the corpus has neither text nor audio inputs")
     return records, predictions
 
 

@@ -6,9 +6,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-import pandas as pd
-
 from mmser.cache import EmbeddingCache
+from mmser.data.records import read_table
 from mmser.distributed import encoder_device, is_launch_rank_zero, world_size
 from mmser.embeddings import save_embeddings
 from mmser.extract import build_audio_encoder, extract_audio, extract_audio_share, sharding_for
@@ -28,7 +27,7 @@ def main(args, params: dict) -> None:
     if sharding is not None and not is_launch_rank_zero(dist):  # a process Lightning added: its share, nothing else
         extract_audio_share(encoder, sharding, sample_rate=base.sample_rate, workers=p.workers)
         return
-    table = pd.read_csv(args.table, keep_default_na=False)
+    table = read_table(args.table)
     with stage_run("extract_audio", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params={"base.sample_rate": str(base.sample_rate), **flatten("extract_audio", p)},
                    inputs={"table": args.table}) as run, EmbeddingCache() as cache:

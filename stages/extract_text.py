@@ -6,9 +6,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-import pandas as pd
-
 from mmser.cache import EmbeddingCache
+from mmser.data.records import read_table
 from mmser.distributed import encoder_device, is_launch_rank_zero, world_size
 from mmser.embeddings import save_embeddings
 from mmser.encoders.text import TextEncoder
@@ -27,7 +26,7 @@ def main(args, params: dict) -> None:
     if sharding is not None and not is_launch_rank_zero(dist):  # a process Lightning added: its share, nothing else
         extract_texts_share(encoder, sharding)
         return
-    table = pd.read_csv(args.table, keep_default_na=False)
+    table = read_table(args.table)
     with stage_run("extract_text", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params=flatten("extract_text", p),
                    inputs={"table": args.table}) as run, EmbeddingCache() as cache:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mmser.data.prepare import build_report, check_audio, read_corpus, relative_to_cwd
 from mmser.data.records import DropLog
+from mmser.errors import UserError
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
@@ -18,10 +19,9 @@ def main(args, params: dict) -> None:
                              dialogs=data.dialogs, labels=data.labels, classes=base.classes,
                              check_counts=data.check_counts, drops=drops)
     n_input = len(utterances) + len(drops.entries)
-    table = check_audio(utterances, sample_rate=base.sample_rate, short_clips=data.short_clips,
-                        min_duration=data.min_duration, drops=drops)
+    table = check_audio(utterances, short_clips=data.short_clips, min_duration=data.min_duration, drops=drops)
     if table.empty:
-        raise ValueError(f"no usable utterance in the corpus ({n_input} read); see the drop reasons: {drops.counts()}")
+        raise UserError(f"no usable utterance in the corpus ({n_input} read); see the drop reasons: {drops.counts()}")
     table["path"] = table["path"].map(relative_to_cwd)
     report = build_report(table, drops, n_input=n_input, classes=base.classes)
     with stage_run("prepare", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),

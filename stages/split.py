@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
+from mmser.data.records import read_table
 from mmser.data.splits import make_folds, validation_kind
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
@@ -12,7 +11,7 @@ from mmser.tracking import log_outputs, stage_run
 
 def main(args, params: dict) -> None:
     base, split = params["base"], params["split"]
-    table = pd.read_csv(args.table, keep_default_na=False, dtype={"session": str, "speaker": str})
+    table = read_table(args.table)
     folds = make_folds(table, protocol=split.protocol, seed=base.seed, test_fraction=split.test_fraction,
                        val_fraction=split.val_fraction, val_speakers=split.val_speakers, folds=split.folds)
     with stage_run("split", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),

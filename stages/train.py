@@ -13,6 +13,7 @@ import torch
 
 from mmser.baseline import logistic_baseline
 from mmser.distributed import is_launch_rank_zero, world_size
+from mmser.errors import UserError
 from mmser.features import USES, load_features, missing_modality
 from mmser.params import flatten
 from mmser.selection import SELECTED_BY, candidate_grid, train_modality
@@ -25,7 +26,7 @@ def _folds(splits_path: str, wanted: list[int]) -> list[dict]:
     folds = {int(f["name"].removeprefix("fold")): f for f in splits["folds"]}
     unknown = [k for k in wanted if k not in folds]
     if unknown:
-        raise ValueError(f"train.folds lists {unknown[0]}, but split.protocol {splits['protocol']} made "
+        raise UserError(f"train.folds lists {unknown[0]}, but split.protocol {splits['protocol']} made "
                          f"{len(folds)} fold(s); set train.folds to a subset of 1..{len(folds)}")
     return [folds[k] for k in wanted]
 
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace, params: dict) -> None:
     torch.set_num_threads(1)  # heads are tiny: more threads only add synchronisation (12x slower on a busy CPU)
     fabric = make_fabric(launch)
     if p.batch_size % world_size(launch):  # before any process is started
-        raise ValueError(f"train.batch_size {p.batch_size} must be a multiple of the {world_size(launch)} processes "
+        raise UserError(f"train.batch_size {p.batch_size} must be a multiple of the {world_size(launch)} processes "
                          "(distributed.devices x num_nodes): it is the global batch, split evenly")
     result = launched(fabric, train_modality, features, folds, modality=modality, candidates=candidates,
                       classes=base.classes, seed=base.seed, options=head_options(p))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
@@ -92,20 +93,21 @@ def clips(tmp_path: Path) -> list[Utterance]:
 
 def test_check_audio_pads_short_clips(clips: list[Utterance]) -> None:
     drops = DropLog()
-    table = check_audio(clips, sample_rate=TARGET, short_clips="pad", min_duration=0.96, drops=drops)
+    table = check_audio(clips, short_clips="pad", min_duration=0.96, drops=drops)
     assert list(table["id"]) == ["good", "short"]
     assert list(table["padded"]) == [False, True]
     assert list(table["duration"]) == pytest.approx([1.2, 0.5], abs=1e-3)
     assert list(table["meta_dialog"]) == ["d1", "d1"]
     assert {e["id"]: e["reason"] for e in drops.entries} == {
         "empty": "empty", "silent": "silent", "broken": "undecodable"}
-    assert next(e for e in drops.entries if e["id"] == "broken")["detail"].startswith("undecodable: ")
+    broken = next(e for e in drops.entries if e["id"] == "broken")["detail"]
+    assert broken.startswith(f"{clips[4].path}: undecodable: ")  # the report names the file
     assert len(table) + len(drops.entries) == len(clips)
 
 
 def test_check_audio_drops_short_clips(clips: list[Utterance]) -> None:
     drops = DropLog()
-    table = check_audio(clips, sample_rate=TARGET, short_clips="drop", min_duration=0.96, drops=drops)
+    table = check_audio(clips, short_clips="drop", min_duration=0.96, drops=drops)
     assert list(table["id"]) == ["good"]
     assert list(table["padded"]) == [False]
     assert {e["id"]: e["reason"] for e in drops.entries} == {
@@ -115,7 +117,7 @@ def test_check_audio_drops_short_clips(clips: list[Utterance]) -> None:
 
 
 def test_check_audio_with_nothing_usable_keeps_columns(clips: list[Utterance]) -> None:
-    table = check_audio(clips[2:], sample_rate=TARGET, short_clips="pad", min_duration=0.96, drops=DropLog())
+    table = check_audio(clips[2:], short_clips="pad", min_duration=0.96, drops=DropLog())
     assert len(table) == 0
     assert {"id", "path", "label", "speaker", "session", "duration", "padded"} <= set(table.columns)
 
@@ -127,6 +129,32 @@ def test_non_finite_samples_are_unusable(tmp_path: Path) -> None:
     assert audio_problem(str(tmp_path / "nan.wav")) == ("non_finite_samples", 1.0)
     utt = Utterance(id="nan", path=str(tmp_path / "nan.wav"), text="t", label="ang", speaker="s", session="")
     drops = DropLog()
-    table = check_audio([utt], sample_rate=TARGET, short_clips="pad", min_duration=0.96, drops=drops)
+    table = check_audio([utt], short_clips="pad", min_duration=0.96, drops=drops)
     assert len(table) == 0
     assert drops.counts() == {"non_finite_samples": 1}
+
+
+def test_text_only_utterances_skip_the_audio_check(clips: list[Utterance]) -> None:
+    text_only = Utterance(id="t", path="", text="no audio here", label="neu", speaker="s2", session="Session1")
+    drops = DropLog()
+    table = check_audio([clips[0], text_only], short_clips="drop", min_duration=0.96, drops=drops)
+    assert table["id"].tolist() == ["good", "t"] and drops.entries == []
+    assert table.loc[1, "path"] == "" and pd.isna(table.loc[1, "duration"]) and not table.loc[1, "padded"]
+
+
+def test_the_check_streams_blocks_and_sees_every_one(tmp_path: Path, monkeypatch) -> None:
+    """Decoded in blocks (memory stays flat on long files): a NaN or the signal in a later block still counts."""
+    import mmser.data.audio as audio
+
+    monkeypatch.setattr(audio, "SCAN_BLOCK", 1000)
+    late_nan = np.full(TARGET, 0.1, np.float32)
+    late_nan[-5] = np.nan
+    late_signal = np.zeros(TARGET, np.float32)
+    late_signal[-500:] = _sine(TARGET, 1.0)[:500]
+    sf.write(tmp_path / "late_nan.wav", late_nan, TARGET, subtype="FLOAT")
+    sf.write(tmp_path / "late_signal.wav", late_signal, TARGET, subtype="FLOAT")
+    stereo = np.stack([_sine(TARGET, 1.0), -_sine(TARGET, 1.0)], axis=1)  # channels cancel: silent in mono
+    sf.write(tmp_path / "cancel.wav", stereo, TARGET, subtype="FLOAT")
+    assert audio_problem(str(tmp_path / "late_nan.wav")) == ("non_finite_samples", 1.0)
+    assert audio_problem(str(tmp_path / "late_signal.wav")) == (None, 1.0)
+    assert audio_problem(str(tmp_path / "cancel.wav")) == ("silent", 1.0)

@@ -86,8 +86,11 @@ def _assert_same_training(root: Path, a: str, b: str) -> None:
     for model in ("fold1", "final"):  # the fold fit (chosen on validation) and the refit on all data
         wa, wb = _weights(root / a / model / "model.ckpt"), _weights(root / b / model / "model.ckpt")
         assert wa.keys() == wb.keys()
+        # gloo sums the two shares' gradients in another order than one process does; Adam divides by the
+        # root of tiny second moments, so a 1e-7 rounding difference can reach 1e-4 in a weight after 5 epochs.
+        # The per-epoch losses below pin the computation itself down to 1e-5.
         for key in wa:
-            assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=1e-4), (model, key)
+            assert torch.allclose(wa[key], wb[key], atol=5e-4, rtol=1e-3), (model, key)
     ha, hb = pd.DataFrame(_record(root, a)["history"]), pd.DataFrame(_record(root, b)["history"])
     assert list(ha["epoch"]) == list(hb["epoch"]) == [1, 2, 3, 4, 5]
     # Every epoch's weights, not only the kept checkpoint's: the validation loss follows them.

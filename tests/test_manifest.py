@@ -1,4 +1,4 @@
-"""CSV manifest reader: paths, label mapping, metadata, and errors that name the row and the column."""
+"""CSV manifest reader: paths, label mapping, metadata; a bad row costs that row (counted, with its reason)."""
 
 from __future__ import annotations
 
@@ -103,39 +103,103 @@ def test_missing_column_is_named(corpus: Path) -> None:
     path = _csv(corpus / "m.csv", ["path", "text", "speaker"], [["a.wav", "x", "s1"]])
     with pytest.raises(ManifestError, match="missing column 'label'"):
         read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
-
-
-def test_empty_required_field_names_row_and_column(corpus: Path) -> None:
-    path = _csv(corpus / "m.csv", ["path", "text", "label", "speaker"], [
-        ["a.wav", "x", "ang", "s1"],
-        ["b.wav", "y", "hap", "  "],
-    ])
-    with pytest.raises(ManifestError, match="row 3: empty required column 'speaker'"):
+    path = _csv(corpus / "m.csv", ["label", "speaker", "session"], [["ang", "s1", "1"]])
+    with pytest.raises(ManifestError, match="neither a 'path' nor a 'text' column"):
         read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
 
 
-def test_nonexistent_audio_names_row_and_path_column(corpus: Path) -> None:
+def test_empty_required_field_costs_its_row(corpus: Path) -> None:
+    path = _csv(corpus / "m.csv", ["path", "text", "label", "speaker"], [
+        ["a.wav", "x", "ang", "s1"],
+        ["b.wav", "y", "hap", "  "],
+        ["c.wav", "z", "", "s2"],
+    ])
+    drops = DropLog()
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=drops)
+    assert [u.id for u in utts] == ["a"]
+    assert drops.entries == [{"id": "b", "reason": "empty_speaker", "detail": "row 3"},
+                             {"id": "c", "reason": "empty_label", "detail": "row 4"}]
+
+
+def test_missing_audio_costs_its_row_with_the_path(corpus: Path) -> None:
+    """One missing file among many costs one counted row, as in the IEMOCAP reader, not the run."""
     path = _csv(corpus / "m.csv", ["path", "text", "label", "speaker"], [
         ["a.wav", "x", "ang", "s1"],
         ["b.wav", "y", "ang", "s1"],
         ["missing.wav", "z", "sad", "s2"],
     ])
-    with pytest.raises(ManifestError) as err:
-        read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
-    message = str(err.value)
-    assert "row 4" in message
-    assert "column 'path'" in message
-    assert "missing.wav" in message
+    drops = DropLog()
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=drops)
+    assert [u.id for u in utts] == ["a", "b"]
+    assert drops.entries == [{"id": "missing", "reason": "missing_audio", "detail": f"row 4: {corpus / 'missing.wav'}"}]
 
 
-def test_duplicate_id(corpus: Path) -> None:
+def test_duplicate_id_keeps_the_first_and_counts_the_rest(corpus: Path) -> None:
     path = _csv(corpus / "m.csv", ["path", "text", "label", "speaker"], [
         ["a.wav", "x", "ang", "s1"],
         ["b.wav", "y", "ang", "s1"],
         ["./a.wav", "again", "hap", "s1"],  # the same file, spelled differently
     ])
-    with pytest.raises(ManifestError, match="row 4: duplicate utterance id 'a'"):
+    drops = DropLog()
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=drops)
+    assert [(u.id, u.text) for u in utts] == [("a", "x"), ("b", "y")]
+    assert drops.entries == [{"id": "a", "reason": "duplicate_id", "detail": "row 4: the same id as row 2"}]
+
+
+def test_numeric_file_names_keep_their_zeros(corpus: Path) -> None:
+    for name in ("0000.wav", "0001.wav", "0010.wav"):
+        _wav(corpus / name)
+    path = _csv(corpus / "m.csv", ["path", "label", "speaker"],
+                [["0000.wav", "ang", "1"], ["0001.wav", "hap", "2"], ["0010.wav", "sad", "01"]])
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
+    assert [u.id for u in utts] == ["0000", "0001", "0010"]
+    assert [u.speaker for u in utts] == ["1", "2", "01"]
+
+
+def test_no_text_column_is_an_audio_only_corpus(corpus: Path) -> None:
+    """The shape of corpora without transcripts (e.g. ASED: path,label,speaker,gender,...)."""
+    path = _csv(corpus / "m.csv", ["path", "label", "speaker", "gender", "sentence_id"], [
+        ["a.wav", "ang", "ased_01", "female", "n01"],
+        ["b.wav", "neu", "ased_02", "male", "n02"],
+    ])
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
+    assert [(u.id, u.text, u.label) for u in utts] == [("a", "", "ang"), ("b", "", "neu")]
+    assert utts[0].meta == {"gender": "female", "sentence_id": "n01"}
+
+
+def test_no_path_column_is_a_text_only_corpus(corpus: Path) -> None:
+    path = _csv(corpus / "m.csv", ["id", "text", "label", "speaker"], [
+        ["t1", "I am furious", "ang", "s1"],
+        ["t2", "", "hap", "s1"],  # neither text nor audio: nothing to learn from
+    ])
+    drops = DropLog()
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=drops)
+    assert [(u.id, u.path, u.text) for u in utts] == [("t1", "", "I am furious")]
+    assert drops.counts() == {"no_input": 1}
+
+
+def test_text_only_corpus_needs_ids(corpus: Path) -> None:
+    path = _csv(corpus / "m.csv", ["text", "label", "speaker"], [["hi", "ang", "s1"]])
+    with pytest.raises(ManifestError, match="without a 'path' column .* needs an 'id' column"):
         read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
+
+
+def test_bom_and_semicolons_are_read(corpus: Path) -> None:
+    """What a spreadsheet in a European locale saves as "CSV UTF-8"."""
+    path = corpus / "m.csv"
+    path.write_text("\ufeffpath;text;label;speaker\na.wav;Hallo, wie geht's;ang;s1\n", encoding="utf-8")
+    (utt,) = read_manifest(path, labels={}, classes=CLASSES, drops=DropLog())
+    assert (utt.id, utt.text, utt.label) == ("a", "Hallo, wie geht's", "ang")
+
+
+def test_wrong_field_count_costs_its_row(corpus: Path) -> None:
+    path = corpus / "m.csv"
+    path.write_text("path,text,label,speaker\na.wav,x,ang,s1\nb.wav,well, no,hap,s1\nc.wav,z,sad\n")
+    drops = DropLog()
+    utts = read_manifest(path, labels={}, classes=CLASSES, drops=drops)
+    assert [u.id for u in utts] == ["a"]
+    assert drops.counts() == {"wrong_field_count": 2}
+    assert drops.entries[0]["detail"].startswith("row 3: 5 fields, the header has 4")
 
 
 def test_missing_csv(tmp_path: Path) -> None:

@@ -185,9 +185,10 @@ def test_unimodal_models_take_only_their_input(models: dict, tmp_path: Path, cap
 
 def test_single_bad_input_is_a_one_line_error(models: dict, tmp_path: Path, capsys) -> None:
     fusion = str(models["checkpoints"]["fusion"])
-    for audio, text, expected in [(tmp_path / "nowhere.wav", TEXTS[0], "audio file not found"),
-                                  (models["clips"]["broken"], TEXTS[0], "audio undecodable"),
-                                  (models["clips"]["a"], "", "empty text")]:
+    for audio, text, expected in [(tmp_path / "nowhere.wav", TEXTS[0], "--audio: file not found"),
+                                  (models["clips"]["broken"], TEXTS[0], ": undecodable: "),
+                                  (models["clips"]["silent"], TEXTS[0], "audio silent"),
+                                  (models["clips"]["a"], "", "--text is empty")]:
         code, out, err = _run(capsys, "--model", fusion, "--audio", str(audio), "--text", text)
         lines = [line for line in err.splitlines() if line.startswith("mmser predict")]
         assert code == 1 and out == "" and len(lines) == 1 and expected in lines[0], err
@@ -241,3 +242,59 @@ def test_console_script_is_installed(models: dict) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["label"] in CLASSES and sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+# Runs `mmser predict` argument lists in a fresh interpreter: for each, the exit status, stderr, and which heavy
+# modules were imported by then (none: the error came before torch and MLflow, which take seconds to load).
+CLI = """
+import contextlib, io, json, sys
+from mmser.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["predict", *argv])
+    results.append({"code": code, "err": err.getvalue(),
+                    "heavy": sorted(m for m in ("torch", "mlflow", "pandas", "transformers") if m in sys.modules)})
+print(json.dumps(results))
+"""
+
+
+def cli_fresh(cases: list[list[str]], cwd: Path, env: dict) -> list[dict]:
+    """Each argument list's exit status, stderr and the heavy modules imported by then (fresh interpreter)."""
+    done = subprocess.run([sys.executable, "-c", CLI, json.dumps(cases)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_predict_defaults_to_the_registered_best_model(models, tmp_path: Path, monkeypatch, capsys) -> None:
+    """After `make repro` (which registers models:/mmser@best), `mmser predict` needs no --model."""
+    import mlflow
+
+    from mmser.cli import main
+    from mmser.pyfunc import register_best
+    from mmser.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the workspace: its mlflow.db is the default store
+    mlflow.set_tracking_uri(tracking_uri())
+    clip, text = str(models["clips"]["a"]), "we won, this is great"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    [before] = cli_fresh([["--audio", clip, "--text", text]], tmp_path, env)
+    assert before["code"] == 1 and "run `make repro`" in before["err"]
+
+    register_best([{"modality": "fusion", "fold": "fold1", "best_val_ua": 0.5,
+                    "checkpoint": str(models["checkpoints"]["fusion"])}], registered_name="mmser", alias="best")
+    assert main(["predict", "--audio", clip, "--text", text]) == 0
+    by_default = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--model", str(models["checkpoints"]["fusion"]), "--audio", clip, "--text", text]) == 0
+    assert by_default == json.loads(capsys.readouterr().out)
+
+    [missing_text] = cli_fresh([["--audio", clip]], tmp_path, env)  # the registry's tag says: fusion
+    assert missing_text["code"] == 1 and "this fusion model needs --text and --audio" in missing_text["err"]
+    assert not {"torch", "mlflow"} & set(missing_text["heavy"])
+    [other] = cli_fresh([["--model", "models:/mmser@champion", "--text", text]], tmp_path, env)
+    assert other["code"] == 1 and "models:/mmser@champion is not registered" in other["err"]
+    assert main(["predict", "--model", "runs:/0123456789abcdef/pyfunc", "--text", text]) == 1  # MLflow refuses it
+    assert "Run with id=0123456789abcdef not found" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""The `mmser` command: `mmser predict` labels new clips and transcripts with a trained model."""
+"""The `mmser` command: `mmser predict` labels new clips and transcripts with a trained model.
+
+Arguments and inputs are checked before torch or MLflow is imported (they take seconds to load): a missing
+file, an input the model does not get, or an unreadable CSV is reported at once, in one line.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+from mmser.errors import InputNotFoundError, UserError, one_line
+
 log = logging.getLogger("mmser")
+
+DEFAULT_MODEL = "models:/mmser@best"  # what the evaluate stage registers (chosen on validation)
+INPUT_FLAGS = {"text": "--text", "audio_path": "--audio"}
+CSV_COLUMNS = {"text": "text", "audio_path": "path"}
+# MLflow's error codes for a model URI that names nothing (its other errors are failures, with a traceback).
+MLFLOW_REFUSALS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,10 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         "predict", help="predict the emotion of a clip and/or transcript",
         description="Predict with a trained model: one input (--audio/--text) prints one JSON object; "
                     "--csv (columns path, text) writes one row per input with label, probabilities and error.")
-    predict.add_argument("--model", required=True,
+    predict.add_argument("--model", default=DEFAULT_MODEL,
                          help="checkpoint (its .json card beside it), MLflow model folder, or MLflow URI "
-                              "(runs:/<id>/pyfunc, models:/<name>/<version>, models:/<name>@best)")
-    predict.add_argument("--audio", help="audio file (WAV/FLAC, any rate; audio and fusion models)")
+                              "(runs:/<id>/pyfunc, models:/<name>/<version>, models:/<name>@best); default: "
+                              f"{DEFAULT_MODEL}, the best model `make repro` registered in the repository's store")
+    predict.add_argument("--audio", help="audio file (WAV, FLAC, MP3, OGG; any rate and channels; audio and fusion models)")
     predict.add_argument("--text", help="transcript (text and fusion models)")
     predict.add_argument("--csv", help="manifest with columns path (relative to the CSV's folder, or absolute) "
                                        "and/or text; other columns are copied to the output")
@@ -31,22 +44,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _needs(predictor) -> str:
-    names = {"text": "--text", "audio_path": "--audio"}
-    return " and ".join(names[i] for i in predictor.inputs)
+def check_arguments(args: argparse.Namespace) -> list[str] | None:
+    """The `--csv` header (None without --csv); UserError for arguments and input files that cannot work, whatever
+    the model. Imports neither torch nor MLflow."""
+    single = args.audio is not None or args.text is not None
+    if single == bool(args.csv):
+        raise UserError("give either --audio/--text (one input) or --csv (many)")
+    if args.out and not args.csv:
+        raise UserError("--out goes with --csv")
+    if args.text is not None and not args.text.strip():
+        raise UserError("--text is empty")
+    if args.audio is not None:
+        if not Path(args.audio).is_file():
+            raise InputNotFoundError(f"--audio: file not found: {args.audio}")
+        from mmser.data.audio import header_problem
+
+        if (problem := header_problem(args.audio)) is not None:
+            raise UserError(f"--audio {args.audio}: {problem}")
+    return csv_columns(args.csv) if args.csv else None
+
+
+def csv_columns(path: str) -> list[str]:
+    """The header of a `--csv` manifest; UserError when it is missing, not UTF-8 text, or has no path/text column."""
+    import csv
+
+    from mmser.data.records import sniff_separator
+
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"--csv: file not found: {path}")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            separator = sniff_separator(f.readline())
+            f.seek(0)  # the utf-8-sig decoder skips the BOM again
+            reader = csv.reader(f, delimiter=separator)
+            header = next(reader, [])
+            for fields in reader:  # the rows pandas would refuse, found before the model loads
+                if fields and len(fields) != len(header):
+                    raise UserError(f"--csv {path}: line {reader.line_num} has {len(fields)} fields, the header "
+                                    f"{len(header)} (an unquoted separator inside a value?)")
+    except UnicodeDecodeError as err:
+        raise UserError(f"--csv {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    columns = [c.strip() for c in header]
+    if not set(columns) & set(CSV_COLUMNS.values()):
+        raise UserError(f"--csv {path}: needs a 'path' and/or 'text' column; found "
+                        f"{', '.join(columns) or 'no header (empty file)'}")
+    return columns
+
+
+def check_model_inputs(inputs: list[str], modality: str, args: argparse.Namespace,
+                       columns: list[str] | None) -> None:
+    """Raise UserError when the command line lacks an input the model takes (`--text` for a fusion model)."""
+    if args.csv:
+        absent = [CSV_COLUMNS[i] for i in inputs if CSV_COLUMNS[i] not in (columns or [])]
+        if absent:
+            raise UserError(f"{args.csv}: this {modality} model needs column(s) {', '.join(absent)}; "
+                            f"found {', '.join(columns or [])}")
+        return
+    given = {"text": args.text is not None, "audio_path": args.audio is not None}
+    if not all(given[i] for i in inputs):
+        raise UserError(f"this {modality} model needs {' and '.join(INPUT_FLAGS[i] for i in inputs)}")
+    for name, flag in INPUT_FLAGS.items():
+        if given[name] and name not in inputs:
+            log.warning("%s ignored: this %s model does not use it", flag, modality)
 
 
 def _predict_one(predictor, args: argparse.Namespace) -> int:
-    given = {"text": args.text is not None, "audio_path": args.audio is not None}
-    missing = [i for i in predictor.inputs if not given[i]]
-    if missing:
-        raise ValueError(f"this {predictor.modality} model needs {_needs(predictor)}")
-    for name, flag in (("text", "--text"), ("audio_path", "--audio")):
-        if given[name] and name not in predictor.inputs:
-            log.warning("%s ignored: this %s model does not use it", flag, predictor.modality)
     [result] = predictor.predict([{"text": args.text, "audio_path": args.audio}])
     if result["error"]:
-        raise ValueError(result["error"])
+        raise UserError(result["error"])
     print(json.dumps({"label": result["label"], "probs": result["probs"]}))
     return 0
 
@@ -54,15 +119,14 @@ def _predict_one(predictor, args: argparse.Namespace) -> int:
 def _predict_csv(predictor, args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from mmser.data.records import read_table
     from mmser.predict import predictions_frame
 
     manifest = Path(args.csv)
-    table = pd.read_csv(manifest, keep_default_na=False, dtype=str)
-    columns = {"text": "text", "audio_path": "path"}
-    absent = [columns[i] for i in predictor.inputs if columns[i] not in table.columns]
-    if absent:
-        raise ValueError(f"{manifest}: this {predictor.modality} model needs column(s) {', '.join(absent)}; "
-                         f"found {', '.join(table.columns)}")
+    try:
+        table = read_table(manifest)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"--csv {manifest}: not a readable CSV: {' '.join(str(err).split())}") from None
     rows = []
     for record in table.to_dict("records"):
         path = record.get("path", "")
@@ -85,15 +149,31 @@ def _predict_csv(predictor, args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Run `mmser predict`; returns the exit status."""
-    single = args.audio is not None or args.text is not None
-    if single == bool(args.csv):
-        raise ValueError("give either --audio/--text (one input) or --csv (many)")
-    if args.out and not args.csv:
-        raise ValueError("--out goes with --csv")
+    from mmser.card import MODALITY_INPUTS, model_modality
+    from mmser.tracking import tracking_uri
+
+    columns = check_arguments(args)
+    modality = model_modality(args.model, tracking_uri())  # None: known only once MLflow has loaded the model
+    inputs = MODALITY_INPUTS[modality] if modality else None
+    if inputs is not None:
+        check_model_inputs(inputs, modality, args, columns)
+    _quiet_transformers()
     from mmser.predict import load_predictor
 
     predictor = load_predictor(args.model, vggish_weights_dir=args.vggish_weights_dir)
+    if inputs != predictor.inputs:
+        check_model_inputs(predictor.inputs, predictor.modality, args, columns)
     return _predict_csv(predictor, args) if args.csv else _predict_one(predictor, args)
+
+
+def _quiet_transformers() -> None:
+    """No progress bars or notices from transformers on stderr (it is imported with the text encoder)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,38 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays for what matters
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
-    try:
         return predict(args)
-    except Exception as err:  # one clear line for the user; the traceback only with MMSER_DEBUG=1
-        if os.environ.get("MMSER_DEBUG"):
+    except Exception as err:  # bad input is one line; anything else is a bug and keeps its traceback
+        if not _is_user_error(err):
             raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        if not isinstance(err, _user_errors()):
-            message = f"{type(err).__name__}: {message}"
-        print(f"mmser predict: error: {message}", file=sys.stderr)
+        print(f"mmser predict: error: {one_line(err)}", file=sys.stderr)
         return 1
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message alone tells the user what to fix."""
-    from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
-    from mmser.predict import ModelMismatchError
-
-    errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError, ModelMismatchError,
-                                           MissingWeightsError, InvalidWeightsError)
-    try:
-        from mlflow.exceptions import MlflowException
-
-        errors += (MlflowException,)
-    except ImportError:
-        pass
-    return errors
+def _is_user_error(err: Exception) -> bool:
+    """Whether the message alone tells the user what to fix: mmser's UserError, or MLflow refusing a model URI
+    (an unknown run, model, version or alias)."""
+    if isinstance(err, UserError):
+        return True
+    exceptions = sys.modules.get("mlflow.exceptions")  # only when MLflow was imported, never to find out
+    return (exceptions is not None and isinstance(err, exceptions.MlflowException)
+            and err.error_code in MLFLOW_REFUSALS)
 
 
 if __name__ == "__main__":

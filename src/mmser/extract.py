@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from mmser.cache import CacheStats, EmbeddingCache, entry_key, fetch_or_compute, file_hash, text_hash
 from mmser.data.audio import load_audio
+from mmser.params import ParamsError
 
 if TYPE_CHECKING:
     from mmser.params import DistributedParams
@@ -65,10 +66,10 @@ def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: s
         from mmser.encoders.ssl import SSLEncoder
 
         if not ssl_model:
-            raise ValueError("extract_audio.ssl_model must name a model (Hugging Face id or local directory)")
+            raise ParamsError("extract_audio.ssl_model must name a model (Hugging Face id or local directory)")
         return SSLEncoder(model=ssl_model, layer=ssl_layer, device=device, batch_size=batch_size,
                           precision=precision, sample_rate=sample_rate)
-    raise ValueError(f"unknown extract_audio.encoder {encoder!r}; allowed: egemaps, vggish, ssl")
+    raise ParamsError(f"unknown extract_audio.encoder {encoder!r}; allowed: egemaps, vggish, ssl")
 
 
 def sharding_for(distributed: "DistributedParams", make_encoder, *, scratch: Path) -> "Sharding | None":

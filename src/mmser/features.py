@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import torch
 
+from mmser.data.records import check_ids, read_table
+from mmser.errors import UserError
 from mmser.embeddings import audio_inputs, load_embeddings
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,7 @@ class Features:
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """Row numbers of `ids` (all must be in the prepared table)."""
-        missing = [u for u in ids if u not in self.index]
-        if missing:
-            raise KeyError(f"{len(missing)} utterances of the split are not in the prepared table (e.g. "
-                           f"{missing[0]}); rerun `dvc repro` so split and prepare agree")
+        check_ids(ids, self.index, wanted_from="the split", present_in="the prepared table")
         return np.array([self.index[u] for u in ids], dtype=np.int64)
 
     def pooled(self, rows: np.ndarray, modality: str) -> np.ndarray:
@@ -84,27 +82,19 @@ def _aligned(path: str, ids: list[str], how: str) -> tuple[np.ndarray | None, np
     if not emb_ids:
         return None, None, identity
     index = {u: i for i, u in enumerate(emb_ids)}
-    missing = [u for u in ids if u not in index]
-    if missing:
-        raise KeyError(f"{path}: {len(missing)} of {len(ids)} utterances have no embedding (e.g. {missing[0]}); "
-                       "give every utterance this modality's input (or drop the rest), then rerun extraction")
+    check_ids(ids, index, wanted_from="the prepared table", present_in=path)
     values, lengths = audio_inputs([frames[index[u]] for u in ids], how)
     return values, lengths, identity
-
-
-def read_prepared(table_path: str) -> pd.DataFrame:
-    """The prepared utterance table, every column as text (ids such as 0001 stay strings)."""
-    return pd.read_csv(table_path, dtype=str, keep_default_na=False)
 
 
 def load_features(table_path: str, *, classes: list[str], audio_pooling: str, text_path: str | None = None,
                   audio_path: str | None = None, speaker_norm: bool = False) -> tuple[Features, dict]:
     """Features for every utterance of the table from the embedding files given, and the encoders' identities.
 
-    A modality whose file holds no utterance is left out (its identity says so: `{"absent": reason}`).
-    `speaker_norm` z-scores each speaker's inputs with that speaker's statistics (transductive for test speakers).
+    A modality whose file holds no utterance is left out (None). `speaker_norm` z-scores each speaker's inputs
+    with that speaker's statistics (transductive for test speakers).
     """
-    table = read_prepared(table_path)
+    table = read_table(table_path)
     ids = table["id"].tolist()
     speakers = table["speaker"].tolist() if "speaker" in table else None
     text = audio = lengths = None
@@ -115,7 +105,7 @@ def load_features(table_path: str, *, classes: list[str], audio_pooling: str, te
         audio, lengths, encoders["audio"] = _aligned(audio_path, ids, audio_pooling)
     if speaker_norm:
         if speakers is None:
-            raise ValueError("train.speaker_norm needs a speaker column in the prepared table")
+            raise UserError("train.speaker_norm needs a speaker column in the prepared table")
         text = speaker_standardize(text, speakers) if text is not None else None
         audio = speaker_standardize(audio, speakers, lengths) if audio is not None else None
     return Features(ids, table["label"].tolist(), classes, text, audio, audio_lengths=lengths,

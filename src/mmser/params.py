@@ -10,8 +10,10 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from mmser.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A key of params.yaml is missing, unknown, or has a value that is not allowed."""
 
 
@@ -260,7 +262,12 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected sections (a mapping), got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"params.yaml: unknown section '{unknown[0]}'; allowed: {', '.join(SECTIONS)}")

@@ -8,7 +8,6 @@ error, never a silent wrong answer. Bad input (a missing or undecodable file, em
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -16,36 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmser.card import ModelMismatchError, card_path, is_mlflow_uri, read_card
 from mmser.data.audio import read_checked
 from mmser.embeddings import audio_inputs
+from mmser.errors import InputNotFoundError
 from mmser.extract import build_audio_encoder
 from mmser.models.module import EmotionClassifier
 
 log = logging.getLogger(__name__)
 
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 CHUNK = 64  # rows embedded together; bounds the waveforms held in memory at once
-
-
-class ModelMismatchError(RuntimeError):
-    """The checkpoint, its card and the encoders rebuilt from the card do not describe the same model."""
-
-
-def card_path(checkpoint: str | Path) -> Path:
-    """The model card written beside a checkpoint (`models/fusion/fold1/model.ckpt` -> `.../model.json`)."""
-    return Path(checkpoint).with_suffix(".json")
-
-
-def read_card(path: str | Path) -> dict:
-    """A model card, checked for the keys prediction needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model card {path} not found; the train stage writes it beside each checkpoint")
-    card = json.loads(path.read_text())
-    missing = [k for k in ("classes", "modality", "encoders", "audio_pooling", "sample_rate") if k not in card]
-    if missing:
-        raise ModelMismatchError(f"model card {path} lacks {', '.join(missing)}")
-    return card
 
 
 # Numerical precision changes embeddings by rounding only (e.g. fp16 on a GPU at extraction, bf16 or fp32 on a CPU
@@ -129,7 +108,7 @@ class Predictor:
         """A predictor from a checkpoint and its card (by default the `.json` beside it)."""
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+            raise InputNotFoundError(f"checkpoint {checkpoint} not found")
         return cls(checkpoint, read_card(card or card_path(checkpoint)), vggish_weights_dir=vggish_weights_dir)
 
     @property
@@ -222,11 +201,6 @@ def predictions_frame(results: list[dict], classes: list[str]):
     })
 
 
-def is_mlflow_uri(model: str) -> bool:
-    """True for `runs:/…`, `models:/…` and `mlflow-artifacts:/…` URIs."""
-    return str(model).startswith(MLFLOW_SCHEMES)
-
-
 def load_predictor(model: str, *, vggish_weights_dir: str | None = None) -> Predictor:
     """A predictor from a checkpoint path, an MLflow pyfunc model (URI or local folder) or a logged checkpoint.
 
@@ -240,7 +214,7 @@ def load_predictor(model: str, *, vggish_weights_dir: str | None = None) -> Pred
 
         uri = tracking_uri()
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # do not create one
-            raise FileNotFoundError(f"no MLflow store at {uri}: run from the repository root or set "
+            raise InputNotFoundError(f"no MLflow store at {uri}: run from the repository root or set "
                                     "MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         if model.endswith(".ckpt"):

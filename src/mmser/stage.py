@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
-from mmser.params import ParamsError, load_params
+from mmser.errors import UserError, one_line
+from mmser.params import load_params
 
 log = logging.getLogger("mmser")
-
-# Errors a user can fix from the message alone: reported in one line, without a traceback.
-USER_ERRORS = (ParamsError, FileNotFoundError, ValueError, KeyError, MissingWeightsError, InvalidWeightsError)
 
 
 def parse_args(description: str, paths: list[str]) -> argparse.Namespace:
@@ -64,7 +61,10 @@ def _remove(paths: list[str]) -> None:
 
 def run_stage(main: Callable[[argparse.Namespace, dict], None], *, description: str, inputs: list[str],
               outputs: list[str]) -> None:
-    """Run a stage's main; on failure print one clear line, remove its outputs and exit non-zero.
+    """Run a stage's main; on failure remove its outputs and exit non-zero.
+
+    Bad input (a UserError: params, manifest, corpus, weights on disk) is one line naming what to fix; anything
+    else is a bug and keeps its traceback, so that it never reads like a mistake of the user's.
 
     The failing stage's outputs are removed even when the cause is a tracking-server outage: a stage's outputs
     and its MLflow run come as a pair, and DVC reruns a failed stage anyway (it records only finished ones).
@@ -75,10 +75,9 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], *, description: 
     try:
         params = load_params(args.params)
         main(args, params)
-    except USER_ERRORS as err:
+    except UserError as err:
         _remove(out_paths)
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
     except Exception:
         _remove(out_paths)

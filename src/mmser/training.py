@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from mmser.distributed import world_size
+from mmser.errors import UserError
 from mmser.features import Features
 from mmser.models.module import EmotionClassifier
 from mmser.params import DistributedParams
@@ -93,7 +93,7 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
     """
     world = fabric.world_size
     if batch_size % world:
-        raise ValueError(f"train.batch_size {batch_size} must be a multiple of the {world} processes "
+        raise UserError(f"train.batch_size {batch_size} must be a multiple of the {world} processes "
                          "(distributed.devices x num_nodes): it is the global batch, split evenly")
     fabric.seed_everything(seed, verbose=False)
     text_dim = features.text.shape[1] if modality in ("text", "fusion") else None

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from mmser.data.records import DropLog, Utterance
+from mmser.errors import InputNotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,10 @@ def read_iemocap(root: str | Path, *, label_set: str, dialogs: str, drops: DropL
     """Read every utterance of an IEMOCAP_full_release tree; log what is left out and why."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root: IEMOCAP root not found: {root}")
+        raise InputNotFoundError(f"data.root: IEMOCAP root not found: {root}")
     sessions = sorted(p for p in root.glob("Session[0-9]*") if p.is_dir())
     if not sessions:
-        raise FileNotFoundError(f"data.root: no Session1..Session5 folders under {root}; is it IEMOCAP_full_release?")
+        raise InputNotFoundError(f"data.root: no Session1..Session5 folders under {root}; is it IEMOCAP_full_release?")
     mapping = LABEL_SETS[label_set]
     utterances: list[Utterance] = []
     skipped_lines = Counter()
@@ -95,6 +96,10 @@ def read_iemocap(root: str | Path, *, label_set: str, dialogs: str, drops: DropL
     return utterances
 
 
+class CountMismatchError(UserError, ValueError):
+    """An IEMOCAP tree read with the paper's policy does not give the literature's counts (a partial release?)."""
+
+
 def check_paper4_counts(utterances: list[Utterance]) -> None:
     """Raise when a full-release paper4 read does not give the literature's counts, listing the differences."""
     got = {
@@ -108,7 +113,7 @@ def check_paper4_counts(utterances: list[Utterance]) -> None:
             if got[group].get(key, 0) != expected:
                 diffs.append(f"{group} {key}: expected {expected}, got {got[group].get(key, 0)}")
     if diffs:
-        raise ValueError(
+        raise CountMismatchError(
             "IEMOCAP counts differ from the literature's 4-class set (5531 utterances); "
             "is the release complete? Set data.check_counts: false to accept a partial tree. "
             + "; ".join(diffs)

@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, train_test_split
 
+from mmser.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Speaker subsets tried when choosing validation speakers; the most class-balanced one is kept.
 VAL_CANDIDATES = 256
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """The corpus cannot be split as the protocol asks (too few speakers or sessions, mixed sessions)."""
 
 

@@ -20,6 +20,7 @@ import torch
 from mmser.encoders.device import as_device_tensor, autocast, autocast_dtype, precision_name, resolve_device
 from mmser.encoders.errors import InvalidWeightsError, MissingWeightsError
 from mmser.encoders.hf import load_local
+from mmser.params import ParamsError
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ class SSLEncoder:
                                       "(wav2vec 2.0, HuBERT, WavLM)")
         fe_rate = getattr(self.feature_extractor, "sampling_rate", sample_rate)
         if fe_rate != sample_rate:
-            raise ValueError(f"speech encoder '{model}' expects {fe_rate} Hz audio, the pipeline gives {sample_rate}")
+            raise InvalidWeightsError(f"speech encoder '{model}' expects {fe_rate} Hz audio, the pipeline gives {sample_rate}")
         self.n_hidden = int(self.model.config.num_hidden_layers) + 1  # the transformer's input, then each layer
         if isinstance(layer, int) and not 0 <= layer < self.n_hidden:
-            raise ValueError(f"extract_audio.ssl_layer = {layer} is out of range for '{model}': "
+            raise ParamsError(f"extract_audio.ssl_layer = {layer} is out of range for '{model}': "
                              f"0 (transformer input) .. {self.n_hidden - 1} (last), or last, or all")
         self.device = resolve_device(device)
         self.model.eval().requires_grad_(False).to(self.device)

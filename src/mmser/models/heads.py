@@ -97,5 +97,5 @@ HEADS = {"linear": LinearHead, "server": ServerHead, "gated": GatedHead, "late":
 def build_head(name: str, **kwargs) -> nn.Module:
     """The head called `name` (server: the paper's, exactly; linear: logistic regression)."""
     if name not in HEADS:
-        raise ValueError(f"unknown train.head {name!r}; allowed: {', '.join(HEADS)}")
+        raise ValueError(f"unknown head {name!r}; allowed: {', '.join(HEADS)}")
     return HEADS[name](**kwargs)
