@@ -51,7 +51,7 @@ class _Waveforms(Dataset):
 
 def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: str | None = None,
                         postprocess: bool = True, batch_size: int = 64, device: str = "auto",
-                        precision: str = "auto", ssl_model: str | None = None, ssl_layer: str | int = "last"):
+                        precision: str = "fp32", ssl_model: str | None = None, ssl_layer: str | int = "last"):
     """The configured audio encoder (egemaps, vggish or ssl); weights are checked before any audio is read."""
     if encoder == "egemaps":
         from mmser.encoders.egemaps import EGeMAPSEncoder

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.metadata
+import inspect
 from pathlib import Path
 
 from mmser.deps import PACKAGE_DIR, closure, module_file, module_source_file, third_party_imports
@@ -32,8 +33,12 @@ ENVIRONMENT_KEYS = ("code_sha256", "libraries")
 
 def code_files(encoder: object, *, audio: bool) -> list[Path]:
     """The source files whose code computes `encoder`'s embeddings: its module, the mmser modules it imports,
-    and for audio the front end (decoding, resampling) with its imports."""
-    roots = [module_source_file(type(encoder).__module__)]
+    and for audio the front end (decoding, resampling) with its imports.
+
+    A wrapper that only delegates (e.g. one that counts calls) says so with `__wrapped__`, as functools.wraps
+    does: the wrapped encoder's code is what computes the embeddings.
+    """
+    roots = [module_source_file(type(inspect.unwrap(encoder)).__module__)]
     if audio:
         roots.append(module_file(AUDIO_FRONT_END))
     files = set(roots)
