@@ -89,3 +89,31 @@ def test_closure_follows_function_level_imports_and_skips_type_checking(tmp_path
     # An edit changes the answer at once (no stale parse).
     (root / "pkg" / "e.py").write_text("from mmser import c\n")
     assert "c.py" in {p.relative_to(root).as_posix() for p in closure(root / "a.py")}
+
+
+def _manifest_corpus(directory: Path) -> Path:
+    """A tiny CSV-manifest corpus outside the demo: two clips and their rows."""
+    from tiny_speech import write_wavs
+
+    wavs = write_wavs(directory / "wav", [16000, 24000])
+    manifest = directory / "manifest.csv"
+    manifest.write_text("path,text,label,speaker\n" + "".join(
+        f"wav/{Path(w).name},hello there,{label},s{i}\n" for i, (w, label) in enumerate(zip(wavs, ["ang", "sad"]))))
+    return manifest
+
+
+def test_own_corpus_does_not_build_the_demo(tmp_path: Path) -> None:
+    """With data.source manifest and demo.build [], `dvc repro` has no generate_demo stage; the default has one."""
+    from test_pipeline import _copy_repo, _ran, _run, _set_params
+
+    repo = _copy_repo(tmp_path / "repo")
+    # The default builds the demo corpus (a dry run cannot go further in a fresh clone: prepare reads it).
+    assert "generate_demo@demo" in _run(["dvc", "stage", "list"], repo).stdout
+    manifest = _manifest_corpus(tmp_path / "corpus")
+    _set_params(repo, data={"source": "manifest", "root": str(manifest.parent), "manifest": str(manifest)},
+                demo={"build": []})
+    # prepare and what it needs: the user's corpus only (a fresh clone's dry run stops where outputs are missing).
+    assert _ran(_run(["dvc", "repro", "--dry", "prepare"], repo).stdout) == {"prepare"}
+    assert "generate_demo" not in _run(["dvc", "stage", "list"], repo).stdout  # nothing for `dvc repro` to build
+    status = _run(["dvc", "status", "prepare"], repo).stdout
+    assert "data/demo" not in status and str(manifest) in status  # prepare watches the user's manifest
