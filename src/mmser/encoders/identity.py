@@ -17,9 +17,12 @@ import ast
 import hashlib
 import importlib.metadata
 import inspect
+import logging
 from pathlib import Path
 
 from mmser.deps import PACKAGE_DIR, closure, module_file, module_source_file, third_party_imports
+
+log = logging.getLogger(__name__)
 
 # Decoding (soundfile) and resampling (soxr) that every audio encoder's input goes through (mmser.extract).
 AUDIO_FRONT_END = "mmser.data.audio"
@@ -38,7 +41,13 @@ def code_files(encoder: object, *, audio: bool) -> list[Path]:
     A wrapper that only delegates (e.g. one that counts calls) says so with `__wrapped__`, as functools.wraps
     does: the wrapped encoder's code is what computes the embeddings.
     """
-    roots = [module_source_file(type(inspect.unwrap(encoder)).__module__)]
+    module = type(inspect.unwrap(encoder)).__module__
+    try:
+        roots = [module_source_file(module)]
+    except ValueError:  # defined where no file holds it (python -c, a notebook): nothing of it can be hashed
+        log.warning("encoder %s is defined in %s, which has no source file: its code is not part of the cache key",
+                    type(encoder).__name__, module)
+        roots = []
     if audio:
         roots.append(module_file(AUDIO_FRONT_END))
     files = set(roots)
