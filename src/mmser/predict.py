@@ -5,7 +5,8 @@ card names the encoders that made the training embeddings. They are rebuilt from
 whose identity differs from the card's (another model, dimension, pooling or VGGish weights hash) is an
 error, never a silent wrong answer. Other code computing the embeddings or other library versions
 (`code_sha256`, `libraries`) is a warning: the encoder is the same, its numbers may differ slightly, and
-refusing would break every served model at each library upgrade. Bad input (a missing or undecodable file, empty text) fails only its row.
+refusing would break every served model at each library upgrade. Bad input (a missing or undecodable file,
+empty text) fails only its row.
 """
 
 from __future__ import annotations
