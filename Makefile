@@ -37,7 +37,8 @@ clean-env:
 # The SERVER paper's configuration exactly, as a DVC experiment (needs IEMOCAP and the weights on disk):
 #   make paper IEMOCAP=/data/IEMOCAP_full_release        (random 80/20, as the paper)
 #   make paper-loso IEMOCAP=/data/IEMOCAP_full_release   (leave one session out: unseen speakers)
-PAPER_PARAMS = -S data.source=iemocap -S data.root=$(IEMOCAP) -S data.label_set=paper4 -S data.dialogs=both \
+PAPER_PARAMS = -S data.source=iemocap -S data.root=$(IEMOCAP) -S data.manifest=$(IEMOCAP) -S 'demo.build=[]' \
+	-S data.label_set=paper4 -S data.dialogs=both \
 	-S data.short_clips=drop -S data.min_duration=1.92 \
 	-S extract_text.model=bert-base-uncased -S extract_text.pooling=pooler -S extract_text.max_length=512 \
 	-S extract_audio.encoder=vggish -S extract_audio.postprocess=true \

@@ -10,6 +10,7 @@ from mmser.cache import EmbeddingCache
 from mmser.data.records import read_table
 from mmser.distributed import encoder_device, is_launch_rank_zero, world_size
 from mmser.embeddings import save_embeddings
+from mmser.encoders.identity import embedding_identity
 from mmser.extract import build_audio_encoder, extract_audio, extract_audio_share, sharding_for
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
@@ -37,17 +38,18 @@ def main(args, params: dict) -> None:
         vectors, stats = extract_audio(table["path"].tolist(), encoder, cache, sample_rate=base.sample_rate,
                                        workers=p.workers, sharding=sharding)
         seconds = time.perf_counter() - start
-        save_embeddings(args.out, table["id"].tolist(), vectors, encoder.identity())
+        identity = embedding_identity(encoder, sample_rate=base.sample_rate)  # what the cache keys hold
+        save_embeddings(args.out, table["id"].tolist(), vectors, identity)
         frames = sum(v.shape[0] for v in vectors)
         processes = world_size(dist) if sharding else 1
-        info = {**encoder.identity(), "utterances": len(table), "frames": frames, "seconds": round(seconds, 2),
+        info = {**identity, "utterances": len(table), "frames": frames, "seconds": round(seconds, 2),
                 "processes": processes, **stats.as_metrics(), "mlflow_run_id": run.info.run_id}
         write_json(args.info, info)
         mlflow.log_metrics({"utterances": len(table), "frames": frames, "seconds": seconds, "dim": encoder.dim,
                             "processes": processes, **stats.as_metrics()})
         log_outputs({"embeddings": args.out})
     log.info("extract_audio: %d utterances, %d frames x %d in %.1f s x %d processes, %s (cache: %d hits, %d computed)"
-             " -> %s", len(table), frames, encoder.dim, seconds, processes, encoder.identity().get("precision", "fp32"),
+             " -> %s", len(table), frames, encoder.dim, seconds, processes, identity.get("precision", "fp32"),
              stats.hits, stats.misses, args.out)
 
 

@@ -10,6 +10,7 @@ from mmser.cache import EmbeddingCache
 from mmser.data.records import read_table
 from mmser.distributed import encoder_device, is_launch_rank_zero, world_size
 from mmser.embeddings import save_embeddings
+from mmser.encoders.identity import embedding_identity
 from mmser.encoders.text import TextEncoder
 from mmser.extract import extract_texts, extract_texts_share, sharding_for
 from mmser.params import flatten
@@ -35,9 +36,10 @@ def main(args, params: dict) -> None:
         start = time.perf_counter()
         vectors, stats = extract_texts(table["text"].tolist(), encoder, cache, sharding=sharding)
         seconds = time.perf_counter() - start
-        save_embeddings(args.out, table["id"].tolist(), vectors, encoder.identity())
+        identity = embedding_identity(encoder)  # what the cache keys hold
+        save_embeddings(args.out, table["id"].tolist(), vectors, identity)
         processes = world_size(dist) if sharding else 1
-        info = {**encoder.identity(), "utterances": len(table), "seconds": round(seconds, 2),
+        info = {**identity, "utterances": len(table), "seconds": round(seconds, 2),
                 "device": str(encoder.device), "processes": processes, **stats.as_metrics(),
                 "mlflow_run_id": run.info.run_id}
         write_json(args.info, info)
@@ -45,7 +47,7 @@ def main(args, params: dict) -> None:
                             **stats.as_metrics()})
         log_outputs({"embeddings": args.out})
     log.info("extract_text: %d x %d in %.1f s on %s x %d, %s (cache: %d hits, %d computed) -> %s", len(table),
-             encoder.dim, seconds, encoder.device, processes, encoder.identity()["precision"], stats.hits,
+             encoder.dim, seconds, encoder.device, processes, identity["precision"], stats.hits,
              stats.misses, args.out)
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from mmser.cache import CacheStats, EmbeddingCache, entry_key, fetch_or_compute, file_hash, text_hash
 from mmser.data.audio import load_audio
 from mmser.params import ParamsError
+from mmser.encoders.identity import embedding_identity
 
 if TYPE_CHECKING:
     from mmser.params import DistributedParams
@@ -51,7 +52,7 @@ class _Waveforms(Dataset):
 
 def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: str | None = None,
                         postprocess: bool = True, batch_size: int = 64, device: str = "auto",
-                        precision: str = "auto", ssl_model: str | None = None, ssl_layer: str | int = "last"):
+                        precision: str = "fp32", ssl_model: str | None = None, ssl_layer: str | int = "last"):
     """The configured audio encoder (egemaps, vggish or ssl); weights are checked before any audio is read."""
     if encoder == "egemaps":
         from mmser.encoders.egemaps import EGeMAPSEncoder
@@ -133,7 +134,7 @@ def extract_texts(texts: list[str], encoder, cache: EmbeddingCache, *,
 
     With `sharding`, on launch rank 0: the same batches are encoded across the ranks (see mmser.sharded).
     """
-    identity = encoder.identity()
+    identity = embedding_identity(encoder)  # model, weights, pooling, precision, code, library versions
     keys = [entry_key(identity, text_hash(t)) for t in texts]
     text_of = dict(zip(keys, texts))
 
@@ -168,7 +169,7 @@ def extract_audio(paths: list[str], encoder, cache: EmbeddingCache, *, sample_ra
     DataLoader processes (0 = in this process), longest first so that batches hold similar lengths.
     With `sharding`, on launch rank 0: the same batches are encoded across the ranks (see mmser.sharded).
     """
-    identity = {**encoder.identity(), "sample_rate": sample_rate}
+    identity = embedding_identity(encoder, sample_rate=sample_rate)  # with the decoding and resampling code
     keys = [entry_key(identity, file_hash(p)) for p in paths]
     path_of = dict(zip(keys, paths))
     per_batch = utterances_per_batch or getattr(encoder, "utterances_per_batch", UTTERANCES_PER_BATCH)

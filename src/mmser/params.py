@@ -26,6 +26,7 @@ class BaseParams:
 
 @dataclasses.dataclass(frozen=True)
 class DemoParams:
+    build: list[str]
     utterances_per_speaker: int
 
 
@@ -215,6 +216,8 @@ def _check_values(name: str, p: Any) -> None:
         need(p.sample_rate == 16000, "sample_rate", "the encoders expect 16000")
     elif name == "demo":
         need(p.utterances_per_speaker >= 4, "utterances_per_speaker", "need >= 4")
+        need(all(name and "/" not in name and name not in (".", "..") for name in p.build), "build",
+             "list folder names under data/ (e.g. [demo]), or [] for no demo corpus")
     elif name == "split":
         need(0.0 < p.test_fraction < 1.0, "test_fraction", "need 0 < test_fraction < 1")
         need(0.0 < p.val_fraction < 1.0, "val_fraction", "need 0 < val_fraction < 1")

@@ -2,8 +2,11 @@
 
 A model is a checkpoint plus its card (`<checkpoint stem>.json` beside it, written by the train stage): the
 card names the encoders that made the training embeddings. They are rebuilt from it, and a rebuilt encoder
-whose identity differs from the card's (another dimension, openSMILE version or VGGish weights hash) is an
-error, never a silent wrong answer. Bad input (a missing or undecodable file, empty text) fails only its row.
+whose identity differs from the card's (another model, dimension, pooling or VGGish weights hash) is an
+error, never a silent wrong answer. Other code computing the embeddings or other library versions
+(`code_sha256`, `libraries`) is a warning: the encoder is the same, its numbers may differ slightly, and
+refusing would break every served model at each library upgrade. Bad input (a missing or undecodable file,
+empty text) fails only its row.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from mmser.card import ModelMismatchError, card_path, is_mlflow_uri, read_card
 from mmser.data.audio import read_checked
 from mmser.embeddings import audio_inputs
+from mmser.encoders.identity import ENVIRONMENT_KEYS, embedding_identity
 from mmser.errors import InputNotFoundError
 from mmser.extract import build_audio_encoder
 from mmser.models.module import EmotionClassifier
@@ -28,21 +32,32 @@ CHUNK = 64  # rows embedded together; bounds the waveforms held in memory at onc
 
 
 # Numerical precision changes embeddings by rounding only (e.g. fp16 on a GPU at extraction, bf16 or fp32 on a CPU
-# here): a difference is reported, not refused.
-_PRECISION_ONLY = {"precision"}
+# here), and the code or library versions of the same encoder by a fix or an upgrade: reported, not refused.
+_WARN_ONLY = {"precision", *ENVIRONMENT_KEYS}
 _PRECISION_ARG = {"fp32": "fp32", "bf16": "bf16", "fp16": "auto"}  # fp16 is what `auto` gives on CUDA
 
 
 def _check_identity(kind: str, expected: dict, rebuilt: dict) -> None:
     """The rebuilt encoder must be the one that made the training embeddings, for every key the card records."""
     differ = sorted(k for k in expected if expected[k] != rebuilt.get(k))
-    hard = [k for k in differ if k not in _PRECISION_ONLY]
+    hard = [k for k in differ if k not in _WARN_ONLY]
     if hard:
         details = "; ".join(f"{k}: card {expected.get(k)!r}, here {rebuilt.get(k)!r}" for k in hard)
         raise ModelMismatchError(f"the {kind} encoder here is not the one the model was trained with ({details})")
     for key in differ:
-        log.warning("%s encoder %s: card %r, here %r (rounding differences only)", kind, key, expected[key],
-                    rebuilt.get(key))
+        if key == "libraries":
+            card, here = expected[key] or {}, rebuilt.get(key) or {}
+            changed = {name: (card.get(name), here.get(name)) for name in sorted(set(card) | set(here))
+                       if card.get(name) != here.get(name)}
+            log.warning("%s encoder: library versions differ from the training embeddings' (card, here): %s; "
+                        "predictions may differ slightly", kind, changed)
+        elif key == "code_sha256":
+            log.warning("%s encoder: the code computing its embeddings changed since training (code_sha256 card "
+                        "%s, here %s); predictions may differ from what the model was trained on: retrain to be "
+                        "sure", kind, expected[key], rebuilt.get(key))
+        else:
+            log.warning("%s encoder %s: card %r, here %r (rounding differences only)", kind, key, expected[key],
+                        rebuilt.get(key))
     unrecorded = sorted(set(rebuilt) - set(expected))
     if unrecorded:  # a card written before the encoder reported these: they cannot be checked
         log.warning("the model card does not record the %s encoder's %s; not checked", kind, ", ".join(unrecorded))
@@ -88,13 +103,13 @@ class Predictor:
         if self.uses_text:
             ident = card["encoders"]["text"]
             self.text_encoder = _build_text_encoder(ident, device)
-            _check_identity("text", ident, self.text_encoder.identity())
+            _check_identity("text", ident, embedding_identity(self.text_encoder))
             self._check_dim("text", self.text_encoder.dim, hp.text_dim)
         if self.uses_audio:
             ident = card["encoders"]["audio"]
             self.audio_encoder = _build_audio_encoder(ident, sample_rate=self.sample_rate,
                                                       vggish_weights_dir=vggish_weights_dir, device=device)
-            _check_identity("audio", ident, self.audio_encoder.identity())
+            _check_identity("audio", ident, embedding_identity(self.audio_encoder, sample_rate=self.sample_rate))
             self._check_dim("audio", self.audio_encoder.dim, hp.audio_dim)
 
     @staticmethod

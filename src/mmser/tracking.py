@@ -28,6 +28,11 @@ def repo_root() -> Path:
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts); this kind opens it
+# on the runs table with their params, metrics and charts ("model training").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 # Databases MLflow opens itself: their default artifact root is ./mlruns under the working directory, which
 # `dvc exp --temp` deletes, so mmser gives them a folder at the repository root.
 _LOCAL_STORES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -67,7 +72,9 @@ def setup_experiment(name: str) -> str:
 
     On a tracking server the server chooses the artifact location (`mlflow-artifacts:/` when it proxies
     artifacts, so clients never need the artifact store's credentials); on a database MLflow opens itself
-    (SQLite, PostgreSQL, ...), `<repo root>/mlartifacts`.
+    (SQLite, PostgreSQL, ...), `<repo root>/mlartifacts`. The experiment is tagged to open on its training
+    runs in MLflow 3's UI (EXPERIMENT_KIND), also when an earlier version made it without the tag; a kind
+    someone set by hand is kept.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -76,11 +83,14 @@ def setup_experiment(name: str) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     location = (repo_root() / "mlartifacts").as_uri() if scheme in _LOCAL_STORES else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException as err:  # a parallel experiment (`dvc queue start -j N`) created it first
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -161,8 +171,21 @@ def stage_run(stage: str, *, experiment: str, params: dict[str, str], inputs: di
         yield run
 
 
+def dir_md5(path: str | Path) -> str:
+    """MD5 over a folder's files (sorted relative paths and their MD5s): changes when any file does.
+
+    mmser's own listing hash, not the `.dir` hash `dvc.lock` records (DVC's JSON listing format is its own).
+    """
+    root = Path(path)
+    digest = hashlib.md5()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{f.relative_to(root).as_posix()}\0{file_md5(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def log_outputs(outputs: dict[str, str | Path]) -> None:
-    """Log each output file's MD5 on the active run, so a run names exactly what it produced."""
+    """Log each output's MD5 (a file's, or dir_md5 of a folder) on the active run: a run names what it produced."""
     import mlflow
 
-    mlflow.set_tags({f"output.{name}.md5": file_md5(p) for name, p in outputs.items() if Path(p).is_file()})
+    mlflow.set_tags({f"output.{name}.md5": file_md5(p) if Path(p).is_file() else dir_md5(p)
+                     for name, p in outputs.items() if Path(p).exists()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, TypeVar
 
@@ -10,6 +11,10 @@ import numpy as np
 import torch
 
 T, R = TypeVar("T"), TypeVar("R")
+
+# Set to 1 to treat this CPU as one without native bf16 (`precision: auto` then stays fp32), e.g. to check that
+# results reproduce on such a machine.
+NO_NATIVE_BF16_ENV = "MMSER_NO_NATIVE_BF16"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -24,8 +29,10 @@ def resolve_device(device: str) -> torch.device:
 def native_bf16_cpu() -> bool:
     """True when this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX): bf16 autocast beats fp32 there.
 
-    Elsewhere bf16 is emulated and slower, so `auto` keeps fp32 there.
+    Elsewhere bf16 is emulated and slower, so `auto` keeps fp32 there. $MMSER_NO_NATIVE_BF16=1 answers False.
     """
+    if os.environ.get(NO_NATIVE_BF16_ENV, "").strip() not in ("", "0"):
+        return False
     try:
         capabilities = torch.cpu.get_capabilities()
     except (AttributeError, RuntimeError):  # an older torch, or a CPU it cannot describe

@@ -47,7 +47,7 @@ class SSLEncoder:
     name = "ssl"
 
     def __init__(self, *, model: str, layer: str | int = "last", device: str = "auto", batch_size: int = 8,
-                 precision: str = "auto", sample_rate: int = 16000):
+                 precision: str = "fp32", sample_rate: int = 16000):
         from transformers import AutoFeatureExtractor
 
         self.feature_extractor, self.model, info, self._weights_sha256 = load_local(

@@ -51,7 +51,7 @@ class TextEncoder:
     name = "text"
 
     def __init__(self, *, model: str, pooling: str, max_length: int, device: str = "auto", batch_size: int = 64,
-                 precision: str = "auto"):
+                 precision: str = "fp32"):
         from transformers import AutoTokenizer
 
         self.tokenizer, self.model, info, self._weights_sha256 = load_local(

@@ -239,7 +239,7 @@ class VGGishEncoder:
 
     def __init__(
         self, *, weights_dir: str | None, postprocess: bool = True, device: str = "cpu", batch_size: int = 64,
-        precision: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         names = (VGGISH_WEIGHTS, VGGISH_PCA) if postprocess else (VGGISH_WEIGHTS,)
         paths = _find_files(weights_dir, names)
