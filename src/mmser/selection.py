@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 SELECTED_BY = "mean validation UA over folds (validation speakers are never trained or tested on)"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: ddp_spawn returns results through Lightning's apply_to_collection
 class Candidate:
     """One configuration the pipeline may choose: a head and its weight decay."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 from typing import Any, Callable
 
 import numpy as np
@@ -43,8 +44,18 @@ def make_fabric(distributed: DistributedParams | None = None):
 
 def launched(fabric, function: Callable[..., Any], *args, **kwargs) -> Any:
     """Run `function(fabric, ...)` in every process of the launch (ddp_spawn: in spawned processes; the parent
-    gets rank 0's result) and return this process's result."""
-    return fabric.launch(function, *args, **kwargs)
+    gets rank 0's result) and return this process's result.
+
+    The result travels as bytes: a spawned process has exited by the time its parent reads the queue, so
+    tensors shared by file descriptor (torch's default across processes) could no longer be fetched.
+    """
+    return torch.load(io.BytesIO(fabric.launch(_as_bytes, function, *args, **kwargs)), weights_only=False)
+
+
+def _as_bytes(fabric, function: Callable[..., Any], *args, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(function(fabric, *args, **kwargs), buffer)
+    return buffer.getvalue()
 
 
 @dataclasses.dataclass
@@ -149,12 +160,15 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
         history.append(entry)
         if early_stopping and val is not None and since_best >= early_stopping:
             break
-    model = model.cpu()
+    # A fresh module with the kept weights: the trained one holds Fabric's optimiser (it does not pickle, and
+    # ddp_spawn returns the result across processes).
+    kept = EmotionClassifier(**model.hparams)
     if val is None:
-        return Fit(model=model, history=history, best_epoch=len(history), best_val_ua=None)
-    model.load_state_dict(best_state)
+        kept.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+        return Fit(model=kept.eval(), history=history, best_epoch=len(history), best_val_ua=None)
+    kept.load_state_dict({k: v.cpu() for k, v in best_state.items()})
     best = max(history, key=lambda h: (h["val_select"], -h["epoch"]))  # first epoch with the best score
-    return Fit(model=model, history=history, best_epoch=int(best["epoch"]), best_val_ua=float(best["val_ua"]))
+    return Fit(model=kept.eval(), history=history, best_epoch=int(best["epoch"]), best_val_ua=float(best["val_ua"]))
 
 
 def save_model(model: EmotionClassifier, path) -> None:
