@@ -142,8 +142,8 @@ def test_mlflow_has_one_run_per_modality_and_fold_with_curves(pipeline: Path) ->
     tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
     assert len(tags["git_commit"].split("-")[0]) == 40 and "input.text.md5" in tags
     stages = {v for (v,) in db.execute("select value from tags where key = 'mmser.stage'")}
-    assert stages == {"pipeline", "prepare", "split", "extract_text", "extract_audio", "train", "compare_heads",
-                      "evaluate"}
+    assert stages == {"pipeline", "prepare", "split", "transcribe", "extract_text", "extract_audio", "train",
+                      "compare_heads", "evaluate"}
     summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
     assert set(summary["mlflow"]["train_run_ids"].values()) == {r for r, _ in runs}
     checkpoints = list((pipeline / "mlartifacts").rglob("model/model.ckpt"))
@@ -152,8 +152,8 @@ def test_mlflow_has_one_run_per_modality_and_fold_with_curves(pipeline: Path) ->
     parent = summary["mlflow"]["parent_run_id"]
     children = {r for (r,) in db.execute("select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?",
                                          (parent,))}
-    # 6 training runs + prepare, split, extract_text, extract_audio, compare_heads, evaluate
-    assert {r for r, _ in runs} <= children and len(children) == 6 + 6
+    # 6 training runs + prepare, split, transcribe, extract_text, extract_audio, compare_heads, evaluate
+    assert {r for r, _ in runs} <= children and len(children) == 6 + 7
     parent_metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (parent,))}
     assert {"fusion_ua", "text_wa", "audio_macro_f1"} <= parent_metrics
 

@@ -33,12 +33,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _needs(predictor) -> str:
     names = {"text": "--text", "audio_path": "--audio"}
-    return " and ".join(names[i] for i in predictor.inputs)
+    joiner = " or " if predictor.transcribes and not predictor.uses_audio else " and "  # ASR makes the text
+    return joiner.join(names[i] for i in predictor.inputs)
 
 
 def _predict_one(predictor, args: argparse.Namespace) -> int:
     given = {"text": args.text is not None, "audio_path": args.audio is not None}
     missing = [i for i in predictor.inputs if not given[i]]
+    if predictor.transcribes and given["audio_path"]:  # a model trained on ASR text transcribes the clip itself
+        missing = [i for i in missing if i != "text"]
     if missing:
         raise ValueError(f"this {predictor.modality} model needs {_needs(predictor)}")
     for name, flag in (("text", "--text"), ("audio_path", "--audio")):
@@ -47,7 +50,8 @@ def _predict_one(predictor, args: argparse.Namespace) -> int:
     [result] = predictor.predict([{"text": args.text, "audio_path": args.audio}])
     if result["error"]:
         raise ValueError(result["error"])
-    print(json.dumps({"label": result["label"], "probs": result["probs"]}))
+    transcript = {"transcript": result["transcript"]} if result.get("transcript") is not None else {}
+    print(json.dumps({"label": result["label"], "probs": result["probs"], **transcript}))
     return 0
 
 
@@ -60,6 +64,8 @@ def _predict_csv(predictor, args: argparse.Namespace) -> int:
     table = pd.read_csv(manifest, keep_default_na=False, dtype=str)
     columns = {"text": "text", "audio_path": "path"}
     absent = [columns[i] for i in predictor.inputs if columns[i] not in table.columns]
+    if predictor.transcribes and "path" in table.columns:  # texts missing from the manifest are transcribed
+        absent = [c for c in absent if c != "text"]
     if absent:
         raise ValueError(f"{manifest}: this {predictor.modality} model needs column(s) {', '.join(absent)}; "
                          f"found {', '.join(table.columns)}")
