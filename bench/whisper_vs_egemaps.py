@@ -5,7 +5,7 @@ every clip through the project's extractor and embedding cache (a rerun costs no
 StandardScaler + LogisticRegression (C chosen on the training speakers by an inner GroupKFold) is scored
 on GroupKFold(5) over speakers. UA = balanced accuracy (mean per-class recall), WA = accuracy.
 Prints one JSON object: per encoder, UA/WA per fold, mean and std, pooled out-of-fold UA, extraction seconds.
-Usage: `python bench/whisper_vs_egemaps.py ../shared/data/ased [--whisper-input clip|padded] [--limit N]`.
+Usage: `python bench/whisper_vs_egemaps.py ../shared/data/ased [--whisper-input clip|padded] [--speakers K]`.
 """
 
 from __future__ import annotations
@@ -72,13 +72,13 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", default=["whisper", "egemaps"])
     parser.add_argument("--whisper-input", choices=["clip", "padded"], default="clip")
     parser.add_argument("--compute-type", default="int8")
-    parser.add_argument("--limit", type=int, default=0, help="first N clips only (0 = all)")
+    parser.add_argument("--speakers", type=int, default=0, help="the first K speakers (sorted) only (0 = all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.corpus)
     table = pd.read_csv(root / "manifest.csv", keep_default_na=False)
-    if args.limit:
-        table = table.iloc[:args.limit]
+    if args.speakers:
+        table = table[table["speaker"].isin(sorted(set(table["speaker"]))[:args.speakers])]
     paths = [str(root / p) for p in table["path"]]
     y, groups = table["label"].to_numpy(), table["speaker"].to_numpy()
     if len(set(groups)) < 6:  # 5 outer folds, and >= 2 training speakers per inner fold

@@ -50,7 +50,7 @@ def _predict_one(predictor, args: argparse.Namespace) -> int:
     [result] = predictor.predict([{"text": args.text, "audio_path": args.audio}])
     if result["error"]:
         raise ValueError(result["error"])
-    transcript = {"transcript": result["transcript"]} if result.get("transcript") is not None else {}
+    transcript = {"transcript": result["transcript"]} if predictor.transcribes else {}  # the text the ASR made
     print(json.dumps({"label": result["label"], "probs": result["probs"], **transcript}))
     return 0
 

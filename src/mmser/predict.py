@@ -170,7 +170,7 @@ class Predictor:
         for i, row in enumerate(rows):
             needs_asr = self.uses_text and texts[i] is None
             if needs_asr and not self.transcribes:
-                errors[i] = "empty text (this model was trained on given transcripts: it has no ASR to make one)"
+                errors[i] = "empty text"  # trained on given transcripts: no ASR in its card to make one
             elif self.uses_audio or needs_asr:
                 errors[i], wave = self._read_audio(row.get("audio_path"))
                 if wave is not None and self.uses_audio:
