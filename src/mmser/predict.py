@@ -85,7 +85,8 @@ def _build_audio_encoder(ident: dict, *, sample_rate: int, vggish_weights_dir: s
                                vggish_weights_dir=vggish_weights_dir, postprocess=ident.get("postprocess", True),
                                device=device, precision=_PRECISION_ARG.get(ident.get("precision"), "auto"),
                                ssl_model=ident.get("model"), ssl_layer=ident.get("layer", "last"),
-                               whisper_model=ident.get("model", "packaged"), whisper_pooling=ident.get("pooling", "mean"),
+                               whisper_model=ident.get("model", "packaged"),
+                               whisper_pooling=ident.get("pooling", "mean"),
                                whisper_compute_type=ident.get("compute_type", "float32"))
 
 

