@@ -22,13 +22,15 @@ def main(args, params: dict) -> None:
     make_encoder = partial(build_audio_encoder, encoder=p.encoder, sample_rate=base.sample_rate,
                            vggish_weights_dir=p.vggish_weights_dir, postprocess=p.postprocess,
                            batch_size=p.batch_size, precision=p.precision, ssl_model=p.ssl_model,
-                           ssl_layer=p.ssl_layer)
+                           ssl_layer=p.ssl_layer, whisper_model=p.whisper_model, whisper_pooling=p.whisper_pooling,
+                           whisper_compute_type=p.whisper_compute_type)
     encoder = make_encoder(device=encoder_device(dist, p.device))
     sharding = sharding_for(dist, make_encoder, scratch=Path(args.out).parent)
     if sharding is not None and not is_launch_rank_zero(dist):  # a process Lightning added: its share, nothing else
         extract_audio_share(encoder, sharding, sample_rate=base.sample_rate, workers=p.workers)
         return
     table = read_table(args.table)
+    table = table[table["path"].str.strip() != ""]  # rows without audio (a text-only corpus) get no embedding
     with stage_run("extract_audio", experiment=params["tracking"].experiment, parent=pipeline_parent(params, args),
                    params={"base.sample_rate": str(base.sample_rate), **flatten("extract_audio", p)},
                    inputs={"table": args.table}) as run, EmbeddingCache() as cache:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mmser.baseline import logistic_baseline
 from mmser.distributed import is_launch_rank_zero, world_size
@@ -43,7 +42,6 @@ def main(args: argparse.Namespace, params: dict) -> None:
         return
     folds, launch = _folds(args.splits, p.folds), params["distributed"]
     candidates = candidate_grid(p.heads, p.weight_decay)
-    torch.set_num_threads(1)  # heads are tiny: more threads only add synchronisation (12x slower on a busy CPU)
     fabric = make_fabric(launch)
     if p.batch_size % world_size(launch):  # before any process is started
         raise UserError(f"train.batch_size {p.batch_size} must be a multiple of the {world_size(launch)} processes "

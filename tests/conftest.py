@@ -81,3 +81,44 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)  # a worker that outlived the server
         log.close()
+
+
+# Known sentences spoken by espeak-ng (a real speech synthesiser, installed by .ci/run): real speech for the
+# Whisper tests, made here because no recording may ship with the tests and nothing is downloaded.
+SENTENCES = ["Kids are talking by the door.", "Dogs are sitting by the door.",
+             "The weather is lovely today.", "Please bring me a cup of coffee."]
+
+
+@pytest.fixture(scope="session")
+def spoken_clips(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
+    """(wav path, sentence) for each of SENTENCES, spoken by espeak-ng at its own 22.05 kHz."""
+    import shutil
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail("espeak-ng is needed for the Whisper tests: apt-get install espeak-ng (as .ci/run does)")
+    directory = tmp_path_factory.mktemp("spoken")
+    clips = []
+    for i, sentence in enumerate(SENTENCES):
+        path = directory / f"s{i}.wav"
+        subprocess.run([espeak, "-v", "en-us", "-s", "150", "-w", str(path), sentence], check=True,
+                       capture_output=True)
+        clips.append((path, sentence))
+    return clips
+
+
+@pytest.fixture(scope="session")
+def whisper_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory holding the packaged Whisper base, assembled once for the session (145 MB)."""
+    from mmser.encoders.whisper import assemble_packaged
+
+    home = tmp_path_factory.mktemp("whisper_cache")
+    assemble_packaged(home / "whisper")
+    return home
+
+
+@pytest.fixture
+def whisper_cache(whisper_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """MMSER_CACHE_DIR pointing at the session's cache with the assembled Whisper base (embeddings go there too)."""
+    monkeypatch.setenv("MMSER_CACHE_DIR", str(whisper_home))
+    return whisper_home

@@ -157,16 +157,16 @@ def test_mlflow_has_one_run_per_stage_with_the_chosen_curves(pipeline: Path) -> 
     tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
     assert len(tags["git_commit"].split("-")[0]) == 40 and "input.text.md5" in tags
     stages = {v for (v,) in db.execute("select value from tags where key = 'mmser.stage'")}
-    assert stages == {"pipeline", "generate_demo", "prepare", "split", "extract_text", "extract_audio", "train",
-                      "evaluate"}
+    assert stages == {"pipeline", "generate_demo", "prepare", "split", "transcribe", "extract_text", "extract_audio",
+                      "train", "evaluate"}
     summary = json.loads((pipeline / "metrics" / "summary.json").read_text())
     assert set(summary["mlflow"]["train_run_ids"].values()) == {r for r, _ in runs}
     # Every stage's run nests under the pipeline's parent run, which carries the aggregate metrics.
     parent = summary["mlflow"]["parent_run_id"]
     children = {r for (r,) in db.execute("select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?",
                                          (parent,))}
-    # 3 training runs + generate_demo, prepare, split, extract_text, extract_audio, evaluate
-    assert {r for r, _ in runs} <= children and len(children) == 3 + 6
+    # 3 training runs + generate_demo, prepare, split, transcribe, extract_text, extract_audio, evaluate
+    assert {r for r, _ in runs} <= children and len(children) == 3 + 7
     parent_metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (parent,))}
     assert {"fusion_ua", "text_wa", "audio_macro_f1", "fusion_baseline_ua"} <= parent_metrics
 

@@ -143,7 +143,8 @@ def test_csv_reports_bad_rows_per_row(models: dict, tmp_path: Path, capsys) -> N
                         "--out", str(out))
     assert code == 0
     table = pd.read_csv(out, keep_default_na=False).set_index("id")
-    assert list(table.columns) == ["path", "text", "input_label", "label", *[f"p_{c}" for c in CLASSES], "error"]
+    assert list(table.columns) == ["path", "text", "input_label", "label", *[f"p_{c}" for c in CLASSES], "transcript",
+                                   "error"]
     assert set(table["input_label"]) == {"ang"}  # the manifest's own label is kept beside the prediction
     assert table.loc["ok", "error"] == "" and table.loc["abs", "error"] == ""
     assert table.loc["missing", "error"].startswith("audio file not found")
@@ -160,7 +161,8 @@ def test_csv_reports_bad_rows_per_row(models: dict, tmp_path: Path, capsys) -> N
     assert table.loc["abs", "label"] == single["label"]
 
     code, stdout, _ = _run(capsys, "--model", str(models["checkpoints"]["fusion"]), "--csv", str(manifest))
-    assert code == 0 and stdout.splitlines()[0] == "id,path,text,input_label,label,p_ang,p_hap,p_sad,p_neu,error"
+    header = "id,path,text,input_label,label,p_ang,p_hap,p_sad,p_neu,transcript,error"
+    assert code == 0 and stdout.splitlines()[0] == header
     assert len(stdout.splitlines()) == 7
 
 

@@ -61,7 +61,11 @@ def _stage(name: str, table: Path, out: Path, params: Path, cache: Path, root: P
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("LOCAL_RANK", None)
     info = out.with_suffix(".json")
-    result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), "--table", str(table),
+    inputs = ["--table", str(table)]
+    if name == "extract_text":  # its texts come from the transcribe stage: here the table's own (no ASR)
+        (root / "texts.json").write_text(json.dumps({"asr": None}))
+        inputs = ["--texts", str(table), "--texts-report", str(root / "texts.json")]
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *inputs,
                              "--out", str(out), "--info", str(info), "--params", str(params)],
                             cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

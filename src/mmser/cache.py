@@ -209,3 +209,45 @@ def fetch_or_compute(cache: EmbeddingCache, keys: list[str],
         if absent:
             raise RuntimeError(f"extraction skipped {len(absent)} inputs")
     return [found[k] for k in keys], stats
+
+
+_RECORDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,      -- entry_key of (producer identity, content hash), as for embeddings
+    value TEXT NOT NULL,       -- JSON object, e.g. an ASR transcript and its language
+    created REAL NOT NULL
+)
+"""
+
+
+class RecordCache(EmbeddingCache):
+    """Small JSON records (ASR transcripts) keyed like embeddings, in a sibling table of the same SQLite file."""
+
+    def _open(self) -> sqlite3.Connection:
+        db = super()._open()
+        db.execute(_RECORDS_SCHEMA)
+        db.commit()
+        return db
+
+    def get_records(self, keys: Iterable[str]) -> dict[str, dict]:
+        """Intact records by key; absent or unreadable ones are left out (and recomputed by the caller)."""
+        found: dict[str, dict] = {}
+        keys = list(dict.fromkeys(keys))
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            for key, value in self._db.execute(
+                    f"SELECT key, value FROM records WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                try:
+                    record = json.loads(value)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    found[key] = record
+        return found
+
+    def put_records(self, items: Iterable[tuple[str, dict]]) -> None:
+        """Store records in one transaction."""
+        now = time.time()
+        rows = [(key, json.dumps(record, sort_keys=True), now) for key, record in items]
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)

@@ -68,6 +68,18 @@ def model_modality(model: str, tracking_uri: str) -> str | None:
     return read_card(card_path(path))["modality"]
 
 
+def model_transcribes(model: str) -> bool | None:
+    """Whether `model` was trained on ASR transcripts (its card's text encoder records an `asr`), when its card
+    lies beside a checkpoint; None when only MLflow can tell (a logged or registered model)."""
+    if is_mlflow_uri(model):
+        return None
+    path = Path(model)
+    if path.is_dir() and (path / "MLmodel").is_file():
+        return None
+    path = path / "model.ckpt" if path.is_dir() else path
+    return bool(read_card(card_path(path))["encoders"].get("text", {}).get("asr"))
+
+
 def _registered_modality(model: str, tracking_uri: str) -> str | None:
     """The `modality` tag of `models:/<name>@<alias>` in a SQLite MLflow store, read with sqlite3 (MLflow takes
     seconds to import); None when the URI or store is another kind. A missing store or alias is the user's."""

@@ -92,17 +92,26 @@ def csv_columns(path: str) -> list[str]:
 
 
 def check_model_inputs(inputs: list[str], modality: str, args: argparse.Namespace,
-                       columns: list[str] | None) -> None:
-    """Raise UserError when the command line lacks an input the model takes (`--text` for a fusion model)."""
+                       columns: list[str] | None, transcribes: bool = False) -> None:
+    """Raise UserError when the command line lacks an input the model takes (`--text` for a fusion model; a model
+    trained on ASR transcripts makes the text from `--audio` itself)."""
+    from mmser.card import MODALITY_INPUTS
+
     if args.csv:
         absent = [CSV_COLUMNS[i] for i in inputs if CSV_COLUMNS[i] not in (columns or [])]
+        if transcribes and "path" in (columns or []):  # texts missing from the manifest are transcribed
+            absent = [c for c in absent if c != "text"]
         if absent:
             raise UserError(f"{args.csv}: this {modality} model needs column(s) {', '.join(absent)}; "
                             f"found {', '.join(columns or [])}")
         return
     given = {"text": args.text is not None, "audio_path": args.audio is not None}
-    if not all(given[i] for i in inputs):
-        raise UserError(f"this {modality} model needs {' and '.join(INPUT_FLAGS[i] for i in inputs)}")
+    missing = [i for i in inputs if not given[i]]
+    if transcribes and given["audio_path"]:
+        missing = [i for i in missing if i != "text"]
+    if missing:
+        joiner = " or " if transcribes and "audio_path" not in MODALITY_INPUTS[modality] else " and "
+        raise UserError(f"this {modality} model needs {joiner.join(INPUT_FLAGS[i] for i in inputs)}")
     for name, flag in INPUT_FLAGS.items():
         if given[name] and name not in inputs:
             log.warning("%s ignored: this %s model does not use it", flag, modality)
@@ -112,7 +121,8 @@ def _predict_one(predictor, args: argparse.Namespace) -> int:
     [result] = predictor.predict([{"text": args.text, "audio_path": args.audio}])
     if result["error"]:
         raise UserError(result["error"])
-    print(json.dumps({"label": result["label"], "probs": result["probs"]}))
+    transcript = {"transcript": result["transcript"]} if predictor.transcribes else {}  # the text the ASR made
+    print(json.dumps({"label": result["label"], "probs": result["probs"], **transcript}))
     return 0
 
 
@@ -149,20 +159,19 @@ def _predict_csv(predictor, args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Run `mmser predict`; returns the exit status."""
-    from mmser.card import MODALITY_INPUTS, model_modality
+    from mmser.card import MODALITY_INPUTS, model_modality, model_transcribes
     from mmser.tracking import tracking_uri
 
     columns = check_arguments(args)
     modality = model_modality(args.model, tracking_uri())  # None: known only once MLflow has loaded the model
-    inputs = MODALITY_INPUTS[modality] if modality else None
-    if inputs is not None:
-        check_model_inputs(inputs, modality, args, columns)
+    transcribes = model_transcribes(args.model)  # None: likewise (a registered or logged model)
+    if modality is not None and transcribes is not None:
+        check_model_inputs(MODALITY_INPUTS[modality], modality, args, columns, transcribes)
     _quiet_transformers()
     from mmser.predict import load_predictor
 
     predictor = load_predictor(args.model, vggish_weights_dir=args.vggish_weights_dir)
-    if inputs != predictor.inputs:
-        check_model_inputs(predictor.inputs, predictor.modality, args, columns)
+    check_model_inputs(predictor.inputs, predictor.modality, args, columns, predictor.transcribes)
     return _predict_csv(predictor, args) if args.csv else _predict_one(predictor, args)
 
 

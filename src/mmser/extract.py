@@ -52,8 +52,10 @@ class _Waveforms(Dataset):
 
 def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: str | None = None,
                         postprocess: bool = True, batch_size: int = 64, device: str = "auto",
-                        precision: str = "fp32", ssl_model: str | None = None, ssl_layer: str | int = "last"):
-    """The configured audio encoder (egemaps, vggish or ssl); weights are checked before any audio is read."""
+                        precision: str = "fp32", ssl_model: str | None = None, ssl_layer: str | int = "last",
+                        whisper_model: str = "packaged", whisper_pooling: str = "mean",
+                        whisper_compute_type: str = "float32"):
+    """The configured audio encoder (egemaps, vggish, ssl or whisper); weights are checked before any audio is read."""
     if encoder == "egemaps":
         from mmser.encoders.egemaps import EGeMAPSEncoder
 
@@ -70,7 +72,12 @@ def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: s
             raise ParamsError("extract_audio.ssl_model must name a model (Hugging Face id or local directory)")
         return SSLEncoder(model=ssl_model, layer=ssl_layer, device=device, batch_size=batch_size,
                           precision=precision, sample_rate=sample_rate)
-    raise ParamsError(f"unknown extract_audio.encoder {encoder!r}; allowed: egemaps, vggish, ssl")
+    if encoder == "whisper":
+        from mmser.encoders.whisper import WhisperEncoder
+
+        return WhisperEncoder(model=whisper_model, pooling=whisper_pooling, compute_type=whisper_compute_type,
+                              device=device, batch_size=batch_size)
+    raise ParamsError(f"unknown extract_audio.encoder {encoder!r}; allowed: egemaps, vggish, ssl, whisper")
 
 
 def sharding_for(distributed: "DistributedParams", make_encoder, *, scratch: Path) -> "Sharding | None":

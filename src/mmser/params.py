@@ -53,6 +53,16 @@ class SplitParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class AsrParams:
+    mode: Literal["given", "asr", "asr_if_missing"]
+    model: str
+    language: str | None
+    beam_size: int
+    compute_type: Literal["int8", "int8_float32", "float32", "float16", "int8_float16"]
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ExtractTextParams:
     model: str
     pooling: Literal["mean", "cls", "pooler"]
@@ -64,11 +74,14 @@ class ExtractTextParams:
 
 @dataclasses.dataclass(frozen=True)
 class ExtractAudioParams:
-    encoder: Literal["egemaps", "vggish", "ssl"]
+    encoder: Literal["egemaps", "vggish", "ssl", "whisper"]
     vggish_weights_dir: str | None
     postprocess: bool
     ssl_model: str
     ssl_layer: Literal["last", "all"] | int
+    whisper_model: str
+    whisper_pooling: Literal["mean", "mean_std", "frames"]
+    whisper_compute_type: Literal["int8", "int8_float32", "float32", "float16", "int8_float16"]
     batch_size: int
     workers: int
     device: str
@@ -119,6 +132,7 @@ SECTIONS: dict[str, type] = {
     "demo": DemoParams,
     "data": DataParams,
     "split": SplitParams,
+    "asr": AsrParams,
     "extract_text": ExtractTextParams,
     "extract_audio": ExtractAudioParams,
     "train": TrainParams,
@@ -223,6 +237,11 @@ def _check_values(name: str, p: Any) -> None:
         need(0.0 < p.val_fraction < 1.0, "val_fraction", "need 0 < val_fraction < 1")
         need(0.0 < p.val_speakers < 1.0, "val_speakers", "need 0 < val_speakers < 1 (a fraction of training speakers)")
         need(p.folds >= 2, "folds", "need >= 2")
+    elif name == "asr":
+        need(p.beam_size >= 1, "beam_size", "need >= 1 (1 = greedy)")
+        need(p.language is None or (p.language.isalpha() and 2 <= len(p.language) <= 3), "language",
+             "use null (detected per clip) or a language code such as en")
+        need(p.device in ("auto", "cpu") or p.device.startswith("cuda"), "device", "use auto, cpu or cuda[:N]")
     elif name == "extract_text":
         need(p.max_length >= 8, "max_length", "need >= 8")
         need(p.batch_size >= 1, "batch_size", "need >= 1")

@@ -7,6 +7,8 @@ error, never a silent wrong answer. Other code computing the embeddings or other
 (`code_sha256`, `libraries`) is a warning: the encoder is the same, its numbers may differ slightly, and
 refusing would break every served model at each library upgrade. Bad input (a missing or undecodable file,
 empty text) fails only its row.
+A model trained on ASR transcripts has its ASR in the card (the text encoder's `asr`): a row without text is
+transcribed from its audio with that same ASR, and every row returns the transcript it used.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def _build_audio_encoder(ident: dict, *, sample_rate: int, vggish_weights_dir: s
     return build_audio_encoder(encoder=ident["encoder"], sample_rate=sample_rate,
                                vggish_weights_dir=vggish_weights_dir, postprocess=ident.get("postprocess", True),
                                device=device, precision=_PRECISION_ARG.get(ident.get("precision"), "auto"),
-                               ssl_model=ident.get("model"), ssl_layer=ident.get("layer", "last"))
+                               ssl_model=ident.get("model"), ssl_layer=ident.get("layer", "last"),
+                               whisper_model=ident.get("model", "packaged"),
+                               whisper_pooling=ident.get("pooling", "mean"),
+                               whisper_compute_type=ident.get("compute_type", "float32"))
 
 
 def _missing(value) -> bool:
@@ -99,12 +104,17 @@ class Predictor:
         if expected != (self.uses_text, self.uses_audio):
             raise ModelMismatchError(f"card says modality {self.modality!r}, the checkpoint takes "
                                      f"text_dim={hp.text_dim}, audio_dim={hp.audio_dim}")
-        self.text_encoder = self.audio_encoder = None
+        self.text_encoder = self.audio_encoder = self.transcriber = None
         if self.uses_text:
-            ident = card["encoders"]["text"]
+            ident = dict(card["encoders"]["text"])
+            asr = ident.pop("asr", None)  # what made the training texts, not part of the text encoder
             self.text_encoder = _build_text_encoder(ident, device)
             _check_identity("text", ident, embedding_identity(self.text_encoder))
             self._check_dim("text", self.text_encoder.dim, hp.text_dim)
+            if asr:
+                from mmser.asr import transcriber_from_identity
+
+                self.transcriber = transcriber_from_identity(asr, device=device)
         if self.uses_audio:
             ident = card["encoders"]["audio"]
             self.audio_encoder = _build_audio_encoder(ident, sample_rate=self.sample_rate,
@@ -128,11 +138,17 @@ class Predictor:
 
     @property
     def inputs(self) -> list[str]:
-        """The inputs this model takes: `text` and/or `audio_path`."""
-        return [name for name, used in (("text", self.uses_text), ("audio_path", self.uses_audio)) if used]
+        """The inputs this model takes: `text` and/or `audio_path` (both when it transcribes a missing text)."""
+        uses_audio = self.uses_audio or self.transcribes
+        return [name for name, used in (("text", self.uses_text), ("audio_path", uses_audio)) if used]
+
+    @property
+    def transcribes(self) -> bool:
+        """Whether a row without text is transcribed from its audio (the model was trained on ASR text)."""
+        return self.transcriber is not None
 
     def predict(self, rows: list[dict]) -> list[dict]:
-        """Per row ({"text": ..., "audio_path": ...}): {"label", "probs" (class -> probability), "error"}.
+        """Per row ({"text": ..., "audio_path": ...}): {"label", "probs" (class -> probability), "transcript", "error"}.
 
         A row that cannot be embedded gets label and probs None and the reason in `error`; the others go on.
         """
@@ -143,14 +159,24 @@ class Predictor:
 
     def _predict_chunk(self, rows: list[dict]) -> list[dict]:
         errors: list[str | None] = [None] * len(rows)
+        texts = [None if _missing(row.get("text")) else str(row["text"]) for row in rows]
         waves: dict[int, np.ndarray] = {}
+        to_transcribe: dict[int, np.ndarray] = {}
         for i, row in enumerate(rows):
-            if self.uses_text and _missing(row.get("text")):
-                errors[i] = "empty text"
-            elif self.uses_audio:
+            needs_asr = self.uses_text and texts[i] is None
+            if needs_asr and not self.transcribes:
+                errors[i] = "empty text"  # trained on given transcripts: no ASR in its card to make one
+            elif self.uses_audio or needs_asr:
                 errors[i], wave = self._read_audio(row.get("audio_path"))
-                if wave is not None:
+                if wave is not None and self.uses_audio:
                     waves[i] = wave
+                if wave is not None and needs_asr:
+                    to_transcribe[i] = wave
+        if to_transcribe:
+            for i, record in zip(to_transcribe, self.transcriber.transcribe(list(to_transcribe.values()))):
+                texts[i] = record["text"]
+                if not record["text"]:
+                    errors[i] = "the ASR heard no words in the audio"
         ok = [i for i in range(len(rows)) if errors[i] is None]
         audio, lengths = self._embed_audio([waves[i] for i in ok], ok, errors) if self.uses_audio else (None, None)
         ok_after = [i for i in ok if errors[i] is None]
@@ -159,16 +185,16 @@ class Predictor:
             audio, lengths = audio[keep], lengths[keep]
         text = None
         if self.uses_text and ok_after:
-            text = torch.from_numpy(self.text_encoder.encode([str(rows[i]["text"]) for i in ok_after],
-                                                             progress=False))
+            text = torch.from_numpy(self.text_encoder.encode([texts[i] for i in ok_after], progress=False))
         probs = self.model.predict_proba(text, audio, lengths) if ok_after else np.zeros((0, len(self.classes)))
-        results = [{"label": None, "probs": None, "error": e} for e in errors]
+        used = texts if self.uses_text else [None] * len(rows)
+        results = [{"label": None, "probs": None, "transcript": t, "error": e} for t, e in zip(used, errors)]
         for i, p in zip(ok_after, probs):
             if not np.isfinite(p).all():
                 results[i]["error"] = "non-finite probabilities (embedding out of range)"
                 continue
             results[i] = {"label": self.classes[int(p.argmax())],
-                          "probs": {c: float(v) for c, v in zip(self.classes, p)}, "error": None}
+                          "probs": {c: float(v) for c, v in zip(self.classes, p)}, "transcript": used[i], "error": None}
         return results
 
     def _read_audio(self, path) -> tuple[str | None, np.ndarray | None]:
@@ -201,7 +227,8 @@ class Predictor:
 
 
 def predictions_frame(results: list[dict], classes: list[str]):
-    """Predictor results as a DataFrame: label, p_<class> per class, error; missing values are null, not NaN.
+    """Predictor results as a DataFrame: label, p_<class> per class, transcript (the text used), error; missing
+    values are null, not NaN.
 
     Nullable columns keep an error row's label and probabilities null (and a good row's error), so that the
     served model's JSON says `null` where NaN would not be JSON at all.
@@ -212,6 +239,7 @@ def predictions_frame(results: list[dict], classes: list[str]):
         "label": pd.Series([r["label"] for r in results], dtype=object),
         **{f"p_{c}": pd.array([r["probs"][c] if r["probs"] else None for r in results], dtype="Float64")
            for c in classes},
+        "transcript": pd.Series([r.get("transcript") for r in results], dtype=object),
         "error": pd.Series([r["error"] for r in results], dtype=object),
     })
 

