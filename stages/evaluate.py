@@ -10,12 +10,20 @@ from pathlib import Path
 import pandas as pd
 
 from mmser.evaluation import candidates_table, selected_frames, summarise, versus, write_reports, results_markdown
+from mmser.data.records import read_table
 from mmser.errors import UserError
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
 
 MODALITIES = ("text", "audio", "fusion")
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A train stage's predictions: text columns as written (ids such as 0001), the rest as numbers."""
+    frame = read_table(path)
+    numeric = [c for c in frame.columns if c.startswith("p_") or c.endswith("_idx")]
+    return frame.astype({c: float for c in numeric}).astype({c: int for c in numeric if c.endswith("_idx")})
 
 
 def _load(models: Path) -> tuple[dict, dict]:
@@ -27,7 +35,7 @@ def _load(models: Path) -> tuple[dict, dict]:
             log.info("evaluate: %s skipped (%s)", modality, record["skipped"])
             continue
         records[modality] = record
-        predictions[modality] = pd.read_csv(models / modality / "predictions.csv", dtype={"id": str, "fold": str})
+        predictions[modality] = read_predictions(models / modality / "predictions.csv")
     if not records:
         raise UserError("no modality was trained: the corpus has neither text nor audio inputs")
     return records, predictions

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from mmser.asr import Transcriber, build_texts, transcribe_files, word_error_rate
 from mmser.cache import RecordCache
+from mmser.data.records import read_table
 from mmser.params import flatten
 from mmser.stage import log, pipeline_parent, run_stage, write_json
 from mmser.tracking import log_outputs, stage_run
@@ -16,7 +16,7 @@ from mmser.tracking import log_outputs, stage_run
 
 def main(args, params: dict) -> None:
     base, p = params["base"], params["asr"]
-    table = pd.read_csv(args.table, keep_default_na=False)
+    table = read_table(args.table)
     # mode given never loads Whisper (nor imports faster-whisper): a copy of the table's text.
     transcriber = None if p.mode == "given" else Transcriber(model=p.model, language=p.language,
                                                              beam_size=p.beam_size, compute_type=p.compute_type,

@@ -383,7 +383,9 @@ def test_numeric_ids_and_odd_formats_reach_the_training_features(tmp_path: Path,
     steps = [("prepare", {"root": corpus, "manifest": corpus / "manifest.csv", "table": out / "utterances.csv",
                           "report": out / "report.json"}),
              ("split", {"table": out / "utterances.csv", "out": out / "splits.json"}),
-             ("extract_text", {"table": out / "utterances.csv", "out": out / "text.npz", "info": out / "text.json"}),
+             ("transcribe", {"table": out / "utterances.csv", "out": out / "texts.csv", "report": out / "texts.json"}),
+             ("extract_text", {"texts": out / "texts.csv", "texts-report": out / "texts.json", "out": out / "text.npz",
+                               "info": out / "text.json"}),
              ("extract_audio", {"table": out / "utterances.csv", "out": out / "audio.npz",
                                 "info": out / "audio.json"})]
     for stage, args in steps:

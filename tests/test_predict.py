@@ -234,6 +234,18 @@ def test_model_folder_with_model_ckpt(models: dict, tmp_path: Path, capsys) -> N
     assert code == code_ckpt == 0 and json.loads(out) == json.loads(out_ckpt)
 
 
+def test_speaker_normalised_model_is_refused_in_one_line(models: dict, tmp_path: Path, capsys) -> None:
+    """A model trained on per-speaker standardised inputs cannot score one clip: refused, not answered wrongly."""
+    folder = tmp_path / "norm"
+    folder.mkdir()
+    (folder / "model.ckpt").write_bytes(models["checkpoints"]["text"].read_bytes())
+    card = json.loads(models["checkpoints"]["text"].with_suffix(".json").read_text())
+    (folder / "model.json").write_text(json.dumps({**card, "speaker_norm": True}))
+    code, out, err = _run(capsys, "--model", str(folder), "--text", TEXTS[0])
+    assert code == 1 and out == ""
+    assert err.strip().startswith("mmser predict: error: this model was trained with train.speaker_norm")
+
+
 def test_console_script_is_installed(models: dict) -> None:
     """`mmser predict` as a user runs it: the console script of the installed package."""
     script = Path(sys.executable).parent / "mmser"
@@ -286,8 +298,13 @@ def test_predict_defaults_to_the_registered_best_model(models, tmp_path: Path, m
     [before] = cli_fresh([["--audio", clip, "--text", text]], tmp_path, env)
     assert before["code"] == 1 and "run `make repro`" in before["err"]
 
-    register_best([{"modality": "fusion", "fold": "fold1", "best_val_ua": 0.5,
-                    "checkpoint": str(models["checkpoints"]["fusion"])}], registered_name="mmser", alias="best")
+    final = tmp_path / "models" / "fusion" / "final"
+    final.mkdir(parents=True)
+    (final / "model.ckpt").write_bytes(models["checkpoints"]["fusion"].read_bytes())
+    (final / "model.json").write_text(models["checkpoints"]["fusion"].with_suffix(".json").read_text())
+    register_best({"fusion": {"selected": {"candidate": "server/wd=0", "val_ua": 0.5,
+                                           "refit": {"utterances": 40, "epochs": 3}}}},
+                  tmp_path / "models", registered_name="mmser", alias="best")
     assert main(["predict", "--audio", clip, "--text", text]) == 0
     by_default = json.loads(capsys.readouterr().out)
     assert main(["predict", "--model", str(models["checkpoints"]["fusion"]), "--audio", clip, "--text", text]) == 0

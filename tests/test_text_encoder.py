@@ -219,7 +219,7 @@ def test_packaged_minilm_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(tiny_bert: Path, native: bool,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_module, "native_bf16_cpu", lambda: native)
-    encoder = TextEncoder(model=str(tiny_bert), pooling="mean", max_length=16, device="cpu")
+    encoder = TextEncoder(model=str(tiny_bert), pooling="mean", max_length=16, device="cpu", precision="auto")
     assert encoder.identity()["precision"] == ("bf16" if native else "fp32")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert device_module.autocast_dtype("auto", cuda) == torch.float16

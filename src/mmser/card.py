@@ -55,7 +55,7 @@ def model_modality(model: str, tracking_uri: str) -> str | None:
     None when finding out needs MLflow itself (a server, `runs:/` URIs): the loaded model is checked then.
     """
     if is_mlflow_uri(model):
-        modality = _registered_modality(model, tracking_uri)
+        modality = _registered_tag(model, tracking_uri, "modality")
         return modality if modality in MODALITY_INPUTS else None
     path = Path(model)
     if path.is_dir() and (path / "MLmodel").is_file():
@@ -68,11 +68,12 @@ def model_modality(model: str, tracking_uri: str) -> str | None:
     return read_card(card_path(path))["modality"]
 
 
-def model_transcribes(model: str) -> bool | None:
-    """Whether `model` was trained on ASR transcripts (its card's text encoder records an `asr`), when its card
-    lies beside a checkpoint; None when only MLflow can tell (a logged or registered model)."""
+def model_transcribes(model: str, tracking_uri: str) -> bool | None:
+    """Whether `model` was trained on ASR transcripts (its card's text encoder records an `asr`), from the card
+    beside a checkpoint or the `transcribes` tag of a registered model; None when only MLflow can tell."""
     if is_mlflow_uri(model):
-        return None
+        tag = _registered_tag(model, tracking_uri, "transcribes")
+        return None if tag is None else tag == "true"
     path = Path(model)
     if path.is_dir() and (path / "MLmodel").is_file():
         return None
@@ -80,8 +81,8 @@ def model_transcribes(model: str) -> bool | None:
     return bool(read_card(card_path(path))["encoders"].get("text", {}).get("asr"))
 
 
-def _registered_modality(model: str, tracking_uri: str) -> str | None:
-    """The `modality` tag of `models:/<name>@<alias>` in a SQLite MLflow store, read with sqlite3 (MLflow takes
+def _registered_tag(model: str, tracking_uri: str, key: str) -> str | None:
+    """The `key` tag of `models:/<name>@<alias>` in a SQLite MLflow store, read with sqlite3 (MLflow takes
     seconds to import); None when the URI or store is another kind. A missing store or alias is the user's."""
     if not (model.startswith("models:/") and "@" in model and tracking_uri.startswith("sqlite:///")):
         return None
@@ -94,8 +95,8 @@ def _registered_modality(model: str, tracking_uri: str) -> str | None:
         with sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True) as db:
             rows = db.execute(
                 "SELECT t.value FROM registered_model_aliases a LEFT JOIN model_version_tags t ON t.name = a.name "
-                "AND t.version = a.version AND t.key = 'modality' WHERE a.name = ? AND a.alias = ?",
-                (name, alias)).fetchall()
+                "AND t.version = a.version AND t.key = ? WHERE a.name = ? AND a.alias = ?",
+                (key, name, alias)).fetchall()
     except sqlite3.Error:  # another schema: MLflow finds out when it loads the model
         return None
     if not rows:

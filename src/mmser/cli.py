@@ -164,7 +164,7 @@ def predict(args: argparse.Namespace) -> int:
 
     columns = check_arguments(args)
     modality = model_modality(args.model, tracking_uri())  # None: known only once MLflow has loaded the model
-    transcribes = model_transcribes(args.model)  # None: likewise (a registered or logged model)
+    transcribes = model_transcribes(args.model, tracking_uri())  # None: likewise
     if modality is not None and transcribes is not None:
         check_model_inputs(MODALITY_INPUTS[modality], modality, args, columns, transcribes)
     _quiet_transformers()

@@ -99,6 +99,10 @@ class Predictor:
         self.audio_pooling, self.sample_rate = card["audio_pooling"], int(card["sample_rate"])
         if list(hp.classes) != self.classes:
             raise ModelMismatchError(f"checkpoint classes {list(hp.classes)} differ from the card's {self.classes}")
+        if card.get("speaker_norm"):  # its inputs were z-scored per speaker: one clip has no speaker statistics
+            raise ModelMismatchError("this model was trained with train.speaker_norm (inputs standardised per "
+                                     "speaker); mmser predict does not normalise per speaker yet: deploy a model "
+                                     "trained with speaker_norm: false")
         self.uses_text, self.uses_audio = bool(hp.text_dim), bool(hp.audio_dim)
         expected = {"text": (True, False), "audio": (False, True), "fusion": (True, True)}.get(self.modality)
         if expected != (self.uses_text, self.uses_audio):

@@ -121,7 +121,10 @@ def register_best(records: dict[str, dict], models: Path, *, registered_name: st
     client = mlflow.tracking.MlflowClient()
     client.set_registered_model_alias(registered_name, alias, version)
     chosen = record["selected"]
+    card = read_card(Path(models) / modality / "final" / "model.json")
+    transcribes = bool(card["encoders"].get("text", {}).get("asr"))  # read by `mmser predict` before MLflow loads
     tags = {"modality": modality, "candidate": chosen["candidate"], "val_ua": f"{chosen['val_ua']:.4f}",
+            "transcribes": str(transcribes).lower(),
             "selection": SELECTION, "trained_on": f"all {chosen['refit']['utterances']} labelled utterances, "
                                                   f"{chosen['refit']['epochs']} epochs"}
     for key, value in tags.items():

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -43,22 +44,25 @@ def make_fabric(distributed: DistributedParams | None = None):
 
 
 def launched(fabric, function: Callable[..., Any], *args, **kwargs) -> Any:
-    """Run `function(fabric, ...)` in every process of the launch (ddp_spawn: in spawned processes; the parent
-    gets rank 0's result) and return this process's result.
+    """Run `function(fabric, ...)` in every process of the launch and return global rank 0's result in the
+    process that writes the outputs (None in the others).
 
-    The result travels as bytes: a spawned process has exited by the time its parent reads the queue, so
-    tensors shared by file descriptor (torch's default across processes) could no longer be fetched.
+    Rank 0's result goes through a file: under ddp_spawn the parent joins its processes before it reads
+    anything they send, so a result larger than a pipe's buffer sent back directly would never arrive.
     """
-    return torch.load(io.BytesIO(fabric.launch(_as_bytes, function, *args, **kwargs)), weights_only=False)
+    with tempfile.TemporaryDirectory(prefix="mmser-train-") as scratch:
+        path = Path(scratch) / "result.pt"
+        fabric.launch(_saved, function, path, *args, **kwargs)
+        return torch.load(path, weights_only=False) if path.exists() else None
 
 
-def _as_bytes(fabric, function: Callable[..., Any], *args, **kwargs) -> bytes:
+def _saved(fabric, function: Callable[..., Any], path: Path, *args, **kwargs) -> None:
     # In every process (spawned ones start with torch's default): heads are tiny, and more threads only add
     # synchronisation (12x slower on a busy 2-core CPU).
     torch.set_num_threads(1)
-    buffer = io.BytesIO()
-    torch.save(function(fabric, *args, **kwargs), buffer)
-    return buffer.getvalue()
+    result = function(fabric, *args, **kwargs)
+    if fabric.global_rank == 0:
+        torch.save(result, path)
 
 
 @dataclasses.dataclass
@@ -174,10 +178,9 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
     return Fit(model=kept.eval(), history=history, best_epoch=int(best["epoch"]), best_val_ua=float(best["val_ua"]))
 
 
-def save_model(model: EmotionClassifier, path) -> None:
+def save_model(model: EmotionClassifier, path: Path) -> None:
     """Write a checkpoint `EmotionClassifier.load_from_checkpoint` reads (weights, hyperparameters, version)."""
     import lightning
-    from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
