@@ -21,6 +21,8 @@ import yaml
 from conftest import free_port
 from mmser.embeddings import save_embeddings
 
+pytestmark = pytest.mark.slow  # real processes over gloo, minutes on 2 cores: `make test-e2e`
+
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ang", "hap", "sad", "neu"]
 
