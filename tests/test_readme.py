@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from mmser.evaluation import candidates_markdown
-from mmser.readme import CANDIDATES_END, CANDIDATES_START, END, START, render, update_readme
+from mmser.readme import (CANDIDATES_END, CANDIDATES_START, CORPORA_END, CORPORA_START, END, START, render,
+                          render_corpora, update_readme)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,9 @@ def test_readme_table_matches_committed_metrics() -> None:
     candidates = json.loads((REPO / "metrics" / "candidates.json").read_text())
     block = text[text.index(CANDIDATES_START) + len(CANDIDATES_START):text.index(CANDIDATES_END)].strip()
     assert block == candidates_markdown(candidates).strip(), "run `python -m mmser.readme` after `dvc repro`"
+    runs = [json.loads(p.read_text()) for p in sorted((REPO / "metrics" / "corpora").glob("*.json"))]
+    block = text[text.index(CORPORA_START) + len(CORPORA_START):text.index(CORPORA_END)].strip()
+    assert runs and block == render_corpora(runs).strip(), "run `python -m mmser.readme` after adding a corpus run"
 
 
 def test_update_readme_rewrites_only_the_block(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from mmser.evaluation import candidates_markdown, results_markdown
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 CANDIDATES_START, CANDIDATES_END = "<!-- candidates:start -->", "<!-- candidates:end -->"
+CORPORA_START, CORPORA_END = "<!-- corpora:start -->", "<!-- corpora:end -->"
 
 
 def render(summary: dict) -> str:
@@ -20,18 +21,40 @@ def render(summary: dict) -> str:
     return results_markdown(summary, corpus=summary["corpus"], protocol=summary["protocol"]) + note
 
 
+def render_corpora(runs: list[dict]) -> str:
+    """Real corpora (metrics/corpora/*.json: a run's summary.json plus how it was made): the chosen head beside
+    the logistic-regression baseline on the same folds, per modality."""
+    lines = ["| corpus, protocol | audio encoder | modality | chosen on validation | UA [95% CI] | logreg UA [95% CI] "
+             "| chosen − logreg UA (p) |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for modality in ("text", "audio", "fusion"):
+            if modality not in run:
+                continue
+            s, b = run[modality], run[f"{modality}_baseline"]
+            c = b["vs_chosen"]
+            lines.append(f"| {run['corpus_name']}, {run['protocol']} | {run['audio_encoder']} | {modality} | "
+                         f"{s['candidate']} | {s['ua']:.3f} [{s['ua_ci95'][0]:.3f}, {s['ua_ci95'][1]:.3f}] | "
+                         f"{b['ua']:.3f} [{b['ua_ci95'][0]:.3f}, {b['ua_ci95'][1]:.3f}] | {c['ua_diff']:+.3f} "
+                         f"(p = {c['p_value']:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
 def _fill(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise ValueError(f"README: no {start} ... {end} block to fill")
     return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}{end}", text, flags=re.S)
 
 
-def update_readme(readme: Path, summary_path: Path, candidates_path: Path | None = None) -> bool:
-    """Replace the generated blocks (results, and candidates when given); return whether the README changed."""
+def update_readme(readme: Path, summary_path: Path, candidates_path: Path | None = None,
+                  corpora_dir: Path | None = None) -> bool:
+    """Replace the generated blocks (results; candidates and corpora when given); return whether it changed."""
     text = readme.read_text()
     new = _fill(text, START, END, render(json.loads(summary_path.read_text())))
     if candidates_path is not None:
         new = _fill(new, CANDIDATES_START, CANDIDATES_END, candidates_markdown(json.loads(candidates_path.read_text())))
+    if corpora_dir is not None and sorted(corpora_dir.glob("*.json")):
+        runs = [json.loads(p.read_text()) for p in sorted(corpora_dir.glob("*.json"))]
+        new = _fill(new, CORPORA_START, CORPORA_END, render_corpora(runs))
     readme.write_text(new)
     return new != text
 
@@ -41,8 +64,9 @@ def main() -> None:
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--summary", default="metrics/summary.json")
     parser.add_argument("--candidates", default="metrics/candidates.json")
+    parser.add_argument("--corpora", default="metrics/corpora")
     args = parser.parse_args()
-    changed = update_readme(Path(args.readme), Path(args.summary), Path(args.candidates))
+    changed = update_readme(Path(args.readme), Path(args.summary), Path(args.candidates), Path(args.corpora))
     print(f"{args.readme}: results table {'updated' if changed else 'already current'}")
 
 
