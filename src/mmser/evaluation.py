@@ -96,6 +96,13 @@ def _ci(values: list[float], signed: bool = False) -> str:
     return f"[{fmt.format(values[0])}, {fmt.format(values[1])}]"
 
 
+def baseline_cells(baseline: dict) -> str:
+    """Two table cells: the logistic baseline's UA [CI] and the chosen head's paired UA difference [CI] (p)."""
+    c = baseline["vs_chosen"]
+    return (f"{baseline['ua']:.3f} {_ci(baseline['ua_ci95'])} | {c['ua_diff']:+.3f} {_ci(c['ua_diff_ci95'], True)} "
+            f"(p = {c['p_value']:.3f})")
+
+
 def results_markdown(summary: dict, *, corpus: str, protocol: str) -> str:
     """The README's results table, generated from metrics/summary.json: each modality's chosen candidate beside
     the logistic-regression baseline on the same folds, with the paired test between them."""
@@ -105,12 +112,10 @@ def results_markdown(summary: dict, *, corpus: str, protocol: str) -> str:
              "|---|---|---|---|---|---|---|"]
     for modality in ("text", "audio", "fusion"):
         if modality in summary:
-            s, b = summary[modality], summary[f"{modality}_baseline"]
-            c = b["vs_chosen"]
+            s = summary[modality]
             lines.append(f"| {modality} | {s['candidate']} | {s['ua']:.3f} ± {s['ua_std']:.3f} {_ci(s['ua_ci95'])} | "
                          f"{s['wa']:.3f} ± {s['wa_std']:.3f} {_ci(s['wa_ci95'])} | {s['macro_f1']:.3f} | "
-                         f"{b['ua']:.3f} {_ci(b['ua_ci95'])} | {c['ua_diff']:+.3f} {_ci(c['ua_diff_ci95'], True)} "
-                         f"(p = {c['p_value']:.3f}) |")
+                         f"{baseline_cells(summary[f'{modality}_baseline'])} |")
     if "fusion_vs_best_unimodal" in summary:
         c = summary["fusion_vs_best_unimodal"]
         lines += ["", f"Fusion − {c['other']} UA: {c['ua_diff']:+.3f} {_ci(c['ua_diff_ci95'], True)}, "

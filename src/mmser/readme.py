@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from mmser.evaluation import candidates_markdown, results_markdown
+from mmser.evaluation import baseline_cells, candidates_markdown, results_markdown
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 CANDIDATES_START, CANDIDATES_END = "<!-- candidates:start -->", "<!-- candidates:end -->"
@@ -25,17 +25,15 @@ def render_corpora(runs: list[dict]) -> str:
     """Real corpora (metrics/corpora/*.json: a run's summary.json plus how it was made): the chosen head beside
     the logistic-regression baseline on the same folds, per modality."""
     lines = ["| corpus, protocol | audio encoder | modality | chosen on validation | UA [95% CI] | logreg UA [95% CI] "
-             "| chosen − logreg UA (p) |", "|---|---|---|---|---|---|---|"]
+             "| chosen − logreg UA [95% CI] (p) |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         for modality in ("text", "audio", "fusion"):
             if modality not in run:
                 continue
-            s, b = run[modality], run[f"{modality}_baseline"]
-            c = b["vs_chosen"]
+            s = run[modality]
             lines.append(f"| {run['corpus_name']}, {run['protocol']} | {run['audio_encoder']} | {modality} | "
                          f"{s['candidate']} | {s['ua']:.3f} [{s['ua_ci95'][0]:.3f}, {s['ua_ci95'][1]:.3f}] | "
-                         f"{b['ua']:.3f} [{b['ua_ci95'][0]:.3f}, {b['ua_ci95'][1]:.3f}] | {c['ua_diff']:+.3f} "
-                         f"(p = {c['p_value']:.3f}) |")
+                         f"{baseline_cells(run[f'{modality}_baseline'])} |")
     return "\n".join(lines) + "\n"
 
 
