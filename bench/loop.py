@@ -31,7 +31,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import BIN, REPO, commit, copy_checkout, run  # noqa: E402
 
-TARGETS = {"repro_s": 120,  # iemocap_sized_train_s: all 5 folds "noop_repro_s": 2, "train_only_experiment_s": 30, "predict_one_cold_s": 5,
+# iemocap_sized_train_s: the target is for all 5 folds
+TARGETS = {"repro_s": 120, "noop_repro_s": 2, "train_only_experiment_s": 30, "predict_one_cold_s": 5,
            "predict_csv_clips_per_s": 10, "predict_error_s": 1, "iemocap_sized_train_s": 180}
 
 
