@@ -17,7 +17,7 @@ from mmser.features import USES, load_features, missing_modality
 from mmser.params import flatten
 from mmser.selection import SELECTED_BY, candidate_grid, train_modality
 from mmser.stage import log, pipeline_parent, run_stage, write_json
-from mmser.training import head_options, launched, make_fabric, save_model
+from mmser.training import head_options, launched, make_fabric, process_share, save_model
 
 
 def _folds(splits_path: str, wanted: list[int]) -> list[dict]:
@@ -43,9 +43,7 @@ def main(args: argparse.Namespace, params: dict) -> None:
     folds, launch = _folds(args.splits, p.folds), params["distributed"]
     candidates = candidate_grid(p.heads, p.weight_decay)
     fabric = make_fabric(launch)
-    if p.batch_size % world_size(launch):  # before any process is started
-        raise UserError(f"train.batch_size {p.batch_size} must be a multiple of the {world_size(launch)} processes "
-                         "(distributed.devices x num_nodes): it is the global batch, split evenly")
+    process_share(p.batch_size, world_size(launch))  # checked before any process is started
     result = launched(fabric, train_modality, features, folds, modality=modality, candidates=candidates,
                       classes=base.classes, seed=base.seed, options=head_options(p))
     if not is_launch_rank_zero(launch):  # under DDP every process trains; one writes

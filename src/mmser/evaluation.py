@@ -158,8 +158,8 @@ def candidates_table(modality: str, record: dict, summary: dict) -> list[dict]:
     rows = []
     for name in [*record["candidates"], "logreg"]:
         s = summary[f"{modality}/{name}"]
-        val = record["val_ua"].get(name, record["baseline"]["val_ua_by_C"][str(record["baseline"]["C"])]
-                                   if name == "logreg" else None)
+        baseline = record["baseline"]
+        val = baseline["val_ua_by_C"][str(baseline["C"])] if name == "logreg" else record["val_ua"][name]
         rows.append({"modality": modality, "candidate": name, "selected": name == record["selected"]["candidate"],
                      "val_ua": val, **{k: s[k] for k in ("ua", "ua_std", "ua_ci95", "wa", "wa_ci95", "macro_f1")}})
     return rows

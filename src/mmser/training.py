@@ -99,6 +99,14 @@ def _take(tensors: tuple, index: torch.Tensor) -> tuple:
     return tuple(t[index] if t is not None else None for t in tensors)
 
 
+def process_share(batch_size: int, world: int) -> int:
+    """Rows each of `world` processes takes of the global batch; UserError unless it splits evenly."""
+    if batch_size % world:
+        raise UserError(f"train.batch_size {batch_size} must be a multiple of the {world} processes "
+                        "(distributed.devices x num_nodes): it is the global batch, split evenly")
+    return batch_size // world
+
+
 def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[str], modality: str,
              classes: list[str], seed: int, head: str, weight_decay: float, head_kwargs: dict, epochs: int,
              batch_size: int, standardize: bool, class_weights: bool, early_stopping: int,
@@ -110,9 +118,7 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
     `fabric`'s launch returns the same Fit.
     """
     world = fabric.world_size
-    if batch_size % world:
-        raise UserError(f"train.batch_size {batch_size} must be a multiple of the {world} processes "
-                         "(distributed.devices x num_nodes): it is the global batch, split evenly")
+    share = process_share(batch_size, world)
     fabric.seed_everything(seed, verbose=False)
     text_dim = features.text.shape[1] if modality in ("text", "fusion") else None
     audio_dim = features.audio.shape[-1] if modality in ("audio", "fusion") else None
@@ -134,7 +140,6 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
     val = _tensors(features, val_ids, modality, fabric.device) if val_ids else None
     sampler = DistributedSampler(range(len(train_ids)), num_replicas=world, rank=fabric.global_rank, shuffle=True,
                                  seed=seed)
-    share = batch_size // world
     history: list[dict] = []
     best_state, best_score, since_best = None, float("-inf"), 0
     for epoch in range(1, epochs + 1):
