@@ -97,24 +97,24 @@ class Predictor:
         hp = self.model.hparams
         self.card, self.classes, self.modality = card, list(card["classes"]), card["modality"]
         self.audio_pooling, self.sample_rate = card["audio_pooling"], int(card["sample_rate"])
-        if list(hp.classes) != self.classes:
-            raise ModelMismatchError(f"checkpoint classes {list(hp.classes)} differ from the card's {self.classes}")
+        if list(hp["classes"]) != self.classes:
+            raise ModelMismatchError(f"checkpoint classes {list(hp['classes'])} differ from the card's {self.classes}")
         if card.get("speaker_norm"):  # its inputs were z-scored per speaker: one clip has no speaker statistics
             raise ModelMismatchError("this model was trained with train.speaker_norm (inputs standardised per "
                                      "speaker); mmser predict does not normalise per speaker yet: deploy a model "
                                      "trained with speaker_norm: false")
-        self.uses_text, self.uses_audio = bool(hp.text_dim), bool(hp.audio_dim)
+        self.uses_text, self.uses_audio = bool(hp["text_dim"]), bool(hp["audio_dim"])
         expected = {"text": (True, False), "audio": (False, True), "fusion": (True, True)}.get(self.modality)
         if expected != (self.uses_text, self.uses_audio):
             raise ModelMismatchError(f"card says modality {self.modality!r}, the checkpoint takes "
-                                     f"text_dim={hp.text_dim}, audio_dim={hp.audio_dim}")
+                                     f"text_dim={hp['text_dim']}, audio_dim={hp['audio_dim']}")
         self.text_encoder = self.audio_encoder = self.transcriber = None
         if self.uses_text:
             ident = dict(card["encoders"]["text"])
             asr = ident.pop("asr", None)  # what made the training texts, not part of the text encoder
             self.text_encoder = _build_text_encoder(ident, device)
             _check_identity("text", ident, embedding_identity(self.text_encoder))
-            self._check_dim("text", self.text_encoder.dim, hp.text_dim)
+            self._check_dim("text", self.text_encoder.dim, hp["text_dim"])
             if asr:
                 from mmser.asr import transcriber_from_identity
 
@@ -124,7 +124,7 @@ class Predictor:
             self.audio_encoder = _build_audio_encoder(ident, sample_rate=self.sample_rate,
                                                       vggish_weights_dir=vggish_weights_dir, device=device)
             _check_identity("audio", ident, embedding_identity(self.audio_encoder, sample_rate=self.sample_rate))
-            self._check_dim("audio", self.audio_encoder.dim, hp.audio_dim)
+            self._check_dim("audio", self.audio_encoder.dim, hp["audio_dim"])
 
     @staticmethod
     def _check_dim(kind: str, encoder_dim: int, head_dim: int) -> None:
@@ -215,7 +215,7 @@ class Predictor:
         """(audio, frame counts) for `waves`, pooled as in training (or padded frames for attention pooling);
         a clip the encoder rejects gets an error, the others go on."""
         if not waves:
-            return torch.zeros(0, int(self.model.hparams.audio_dim)), torch.zeros(0, dtype=torch.int64)
+            return torch.zeros(0, int(self.model.hparams["audio_dim"])), torch.zeros(0, dtype=torch.int64)
         try:
             frames = self.audio_encoder.encode(waves)
         except Exception:  # isolate the failing clip: encode one by one

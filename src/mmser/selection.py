@@ -8,11 +8,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from mmser.features import Features
 from mmser.metrics import confusion, unweighted_accuracy
-from mmser.training import Fit, fit_head
+from mmser.training import Fit, Job, fit_head, fit_heads
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +64,25 @@ class Sweep:
 
 def train_candidates(fabric, features: Features, folds: list[dict], *, modality: str, candidates: list[Candidate],
                      classes: list[str], seed: int, options: dict) -> Sweep:
-    """Train each candidate once on each fold's training part; predict its validation and test utterances."""
+    """Train each candidate once on each fold's training part, all in the same steps (fit_heads); predict each
+    fit's validation and test utterances."""
+    options = dict(options)
+    epochs, early_stopping = options.pop("epochs"), options.pop("early_stopping")
+    cells = [(candidate, fold) for candidate in candidates for fold in folds]
+    jobs = [Job(c.head, c.weight_decay, fold["train"], fold["val"], epochs, early_stopping) for c, fold in cells]
+    log.info("train %s: %d candidates x %d folds in one pass", modality, len(candidates), len(folds))
+    trained = fit_heads(fabric, features, jobs, modality=modality, classes=classes, seed=seed, **options)
     frames, records, fits = [], [], {}
-    bar = tqdm(total=len(candidates) * len(folds), desc=f"train {modality}", unit="fit", mininterval=2.0,
-               disable=fabric.global_rank != 0)
-    for candidate in candidates:
-        for fold in folds:
-            fit = fit_head(fabric, features, train_ids=fold["train"], val_ids=fold["val"], modality=modality,
-                           classes=classes, seed=seed, head=candidate.head, weight_decay=candidate.weight_decay,
-                           **options)
-            fits[(candidate.name, fold["name"])] = fit
-            for split in ("val", "test"):
-                ids = fold[split]
-                frames.append(prediction_rows(predict_ids(fit.model, features, ids, modality), ids,
-                                              features.y[features.rows(ids)], classes=classes,
-                                              candidate=candidate.name, fold=fold["name"], split=split))
-            records.append({"candidate": candidate.name, "head": candidate.head,
-                            "weight_decay": candidate.weight_decay, "fold": fold["name"],
-                            "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
-                            "val_ua": fit.best_val_ua})
-            bar.update(1)
-    bar.close()
+    for (candidate, fold), fit in zip(cells, trained):
+        fits[(candidate.name, fold["name"])] = fit
+        for split in ("val", "test"):
+            ids = fold[split]
+            frames.append(prediction_rows(predict_ids(fit.model, features, ids, modality), ids,
+                                          features.y[features.rows(ids)], classes=classes,
+                                          candidate=candidate.name, fold=fold["name"], split=split))
+        records.append({"candidate": candidate.name, "head": candidate.head, "weight_decay": candidate.weight_decay,
+                        "fold": fold["name"], "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
+                        "val_ua": fit.best_val_ua})
     return Sweep(pd.concat(frames, ignore_index=True), records, fits)
 
 
