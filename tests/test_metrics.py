@@ -126,3 +126,17 @@ def test_percentile_interval() -> None:
     assert percentile_interval(samples) == pytest.approx([2.5, 97.5])
     assert percentile_interval(samples, level=0.9) == pytest.approx([5.0, 95.0])
     assert percentile_interval(np.full(10, 0.7)) == pytest.approx([0.7, 0.7])
+
+
+def test_bootstrap_scores_are_ua_and_wa_of_each_resample_averaged_over_folds() -> None:
+    from mmser.metrics import bootstrap_draws, bootstrap_scores, confusion, unweighted_accuracy, weighted_accuracy
+
+    rng = np.random.default_rng(5)
+    # A 3-utterance fold: many resamples miss a class, which UA then skips (NaN recall), as unweighted_accuracy.
+    folds = [(rng.integers(0, 4, 40), rng.integers(0, 4, 40)), (np.array([0, 0, 2]), np.array([0, 1, 2]))]
+    draws = bootstrap_draws([40, 3], resamples=200, seed=2)
+    got = bootstrap_scores(folds, 4, draws)
+    for r, per_fold in enumerate(draws):
+        mats = [confusion(t[i], p[i], 4) for (t, p), i in zip(folds, per_fold)]
+        assert got["ua"][r] == pytest.approx(np.mean([unweighted_accuracy(m) for m in mats]), abs=1e-12)
+        assert got["wa"][r] == pytest.approx(np.mean([weighted_accuracy(m) for m in mats]), abs=1e-12)

@@ -63,13 +63,22 @@ def bootstrap_draws(fold_sizes: list[int], *, resamples: int, seed: int) -> list
 
 def bootstrap_scores(folds: list[tuple[np.ndarray, np.ndarray]], n_classes: int,
                      draws: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """UA and WA (mean over folds, as reported) for every resample of utterances within each fold."""
-    ua, wa = np.empty(len(draws)), np.empty(len(draws))
-    for r, per_fold in enumerate(draws):
-        mats = [confusion(t[idx], p[idx], n_classes) for (t, p), idx in zip(folds, per_fold)]
-        ua[r] = np.mean([unweighted_accuracy(m) for m in mats])
-        wa[r] = np.mean([weighted_accuracy(m) for m in mats])
-    return {"ua": ua, "wa": wa}
+    """UA and WA (mean over folds, as reported) for every resample of utterances within each fold.
+
+    All resamples of a fold at once: one confusion matrix per resample from one bincount, then UA and WA as
+    unweighted_accuracy and weighted_accuracy define them (classes absent from a resample's y_true are skipped).
+    """
+    k = n_classes
+    ua, wa = np.zeros(len(draws)), np.zeros(len(draws))
+    for f, (t, p) in enumerate(folds):
+        idx = np.stack([per_fold[f] for per_fold in draws])  # (resamples, n)
+        cell = np.asarray(t)[idx] * k + np.asarray(p)[idx] + (np.arange(len(draws)) * k * k)[:, None]
+        mats = np.bincount(cell.ravel(), minlength=len(draws) * k * k).reshape(len(draws), k, k)
+        support, hits = mats.sum(axis=2), np.diagonal(mats, axis1=1, axis2=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ua += np.nanmean(np.where(support > 0, hits / support, np.nan), axis=1)
+        wa += hits.sum(axis=1) / mats.sum(axis=(1, 2))
+    return {"ua": ua / len(folds), "wa": wa / len(folds)}
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
