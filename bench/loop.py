@@ -9,7 +9,7 @@ In a fresh copy of this checkout (its own embedding cache, its own MLflow store,
 - `predict_error_s`: `mmser predict` with a missing audio file (how long a user waits to hear why).
 Then `iemocap_sized_train_s`: the three train stages (text, audio, fusion; every candidate of params.yaml on
 every fold) on a generated IEMOCAP-sized corpus of cached embeddings (5531 utterances, 5 sessions x 2 speakers,
-384-d text, 88-d audio, loso).
+384-d text, 88-d audio, loso), and `iemocap_sized_train_s_at_batch_64`: the same with train.batch_size 64.
 `--iemocap-folds K` trains only the first K of its 5 folds (the figure is then for K folds, said in the JSON).
 Usage: `python bench/loop.py [--iemocap-folds K]`. The last line printed is one JSON object.
 """
@@ -70,6 +70,26 @@ def iemocap_sized(root: Path) -> tuple[Path, Path, Path, Path]:
     return root / "table.csv", root / "splits.json", root / "text.npz", root / "audio.npz"
 
 
+def _iemocap_sized_train(repo: Path, corpus: Path, table: Path, splits: Path, text: Path, audio: Path,
+                         env: dict[str, str], *, folds: int, batch_size: int | None) -> tuple[float, dict]:
+    """Seconds for the three train stages on the IEMOCAP-sized corpus, and the candidate each chose."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["folds"] = list(range(1, folds + 1))
+    if batch_size is not None:
+        params["train"]["batch_size"] = batch_size
+    name = f"batch{params['train']['batch_size']}"
+    (corpus / f"{name}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    for modality in ("text", "audio", "fusion"):
+        run([sys.executable, str(repo / "stages" / "train.py"), "--modality", modality, "--table", str(table),
+             "--splits", str(splits), "--text", str(text), "--audio", str(audio), "--out",
+             str(corpus / name / modality), "--params", str(corpus / f"{name}.yaml")], corpus,
+            {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{corpus / 'mlflow.db'}"})
+    seconds = time.perf_counter() - start
+    return seconds, {m: json.loads((corpus / name / m / "candidates.json").read_text())["selected"]["candidate"]
+                     for m in ("text", "audio", "fusion")}
+
+
 def main() -> None:
     import argparse
 
@@ -109,19 +129,11 @@ def main() -> None:
         corpus = scratch / "iemocap-sized"
         corpus.mkdir()
         table_path, splits, text, audio = iemocap_sized(corpus)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["train"]["folds"] = list(range(1, args.iemocap_folds + 1))
-        (corpus / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        start = time.perf_counter()
-        for modality in ("text", "audio", "fusion"):
-            run([sys.executable, str(repo / "stages" / "train.py"), "--modality", modality, "--table", str(table_path),
-                 "--splits", str(splits), "--text", str(text), "--audio", str(audio), "--out",
-                 str(corpus / "models" / modality), "--params", str(corpus / "params.yaml")], corpus,
-                {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{corpus / 'mlflow.db'}"})
-        results["iemocap_sized_train_s"] = time.perf_counter() - start
-        chosen = {m: json.loads((corpus / "models" / m / "candidates.json").read_text())["selected"]["candidate"]
-                  for m in ("text", "audio", "fusion")}
-        results["iemocap_sized_chosen"] = chosen
+        for batch in (None, 64):  # the default params, then the same with batches of 64
+            key = "iemocap_sized_train_s" + ("" if batch is None else f"_at_batch_{batch}")
+            results[key], chosen = _iemocap_sized_train(repo, corpus, table_path, splits, text, audio, env,
+                                                        folds=args.iemocap_folds, batch_size=batch)
+            results[key.replace("train_s", "chosen")] = chosen
     results["targets"] = TARGETS
     results["targets_met"] = {k: (results[k] >= v if k.endswith("per_s") else results[k] <= v)
                               for k, v in TARGETS.items()}
