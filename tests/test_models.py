@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmser.embeddings import load_embeddings, pool, save_embeddings
-from mmser.models.server import ServerHead, Standardizer
+from mmser.models.server import Dropout, ServerHead, Standardizer
 
 
 def _head(text_dim: int | None, audio_dim: int | None) -> ServerHead:
@@ -48,7 +48,7 @@ def test_no_input_is_an_error() -> None:
 def test_exactly_the_papers_layers() -> None:
     head = _head(768, 128)
     modules = [m for m in head.modules() if m is not head]
-    assert [type(m) for m in modules] == [nn.Linear, nn.Dropout, nn.Linear, nn.Linear]
+    assert [type(m) for m in modules] == [nn.Linear, Dropout, nn.Linear, nn.Linear]  # Dropout: an nn.Dropout
     linears = [(m.in_features, m.out_features) for m in modules if isinstance(m, nn.Linear)]
     assert linears == [(768, 128), (256, 64), (64, 4)]
     assert head.dropout.p == 0.5
@@ -142,3 +142,14 @@ def test_pool_mean_std_and_padding() -> None:
     np.testing.assert_array_equal(padded[1], [[10.0, -2.0], [0.0, 0.0]])
     with pytest.raises(ValueError, match="attention pools inside the model"):
         pool(frames, "attention")
+
+
+def test_dropout_zeroes_a_fraction_p_and_scales_the_rest_in_training_only() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200, 500)
+    drop = Dropout(0.3).train()
+    y = drop(x)
+    assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert abs(float(y.mean()) - 1.0) < 0.02  # the expectation is kept
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)

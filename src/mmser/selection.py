@@ -71,7 +71,8 @@ def train_candidates(fabric, features: Features, folds: list[dict], *, modality:
     cells = [(candidate, fold) for candidate in candidates for fold in folds]
     jobs = [Job(c.head, c.weight_decay, fold["train"], fold["val"], epochs, early_stopping) for c, fold in cells]
     log.info("train %s: %d candidates x %d folds in one pass", modality, len(candidates), len(folds))
-    trained = fit_heads(fabric, features, jobs, modality=modality, classes=classes, seed=seed, **options)
+    trained = fit_heads(fabric, features, jobs, modality=modality, classes=classes, seed=seed,
+                        progress_name=f"train {modality}", **options)
     frames, records, fits = [], [], {}
     for (candidate, fold), fit in zip(cells, trained):
         fits[(candidate.name, fold["name"])] = fit

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
+from tqdm import tqdm
 
 from mmser.errors import UserError
 from mmser.features import Features
@@ -167,11 +168,12 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
 
 def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, classes: list[str], seed: int,
               head_kwargs: dict, batch_size: int, standardize: bool, class_weights: bool,
-              audio_pooling: str = "sum") -> list[Fit]:
+              audio_pooling: str = "sum", progress_name: str | None = None) -> list[Fit]:
     """Fit every job in the same steps (stacked per head, stacked.py); each keeps the epoch with its best
     validation UA (ties: lower loss). Each job starts from the weights a separate fit with `seed` would, fits its
     standardiser and class weights on its own training part, and takes its own seeded order of it, the order a
-    separate fit takes. Every process of `fabric`'s launch returns the same Fits.
+    separate fit takes. Every process of `fabric`'s launch returns the same Fits. `progress_name` names a progress bar
+    over epochs (on global rank 0).
     """
     world = fabric.world_size
     share = process_share(batch_size, world)
@@ -193,10 +195,14 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
     samplers = [DistributedSampler(range(len(job.train_ids)), num_replicas=world, rank=fabric.global_rank,
                                    shuffle=True, seed=seed) for job in jobs]
     progress = _Progress(jobs, [[p.detach().clone() for p in g.params] for g in stack.groups])
+    bar = tqdm(total=max(job.epochs for job in jobs), desc=progress_name, unit="epoch", mininterval=2.0,
+               disable=progress_name is None or fabric.global_rank != 0)
     for epoch in range(1, max(job.epochs for job in jobs) + 1):
         progress.running &= torch.tensor([epoch <= job.epochs for job in jobs])
         if not progress.running.any():
             break
+        bar.set_postfix(fits=int(progress.running.sum()), refresh=False)
+        bar.update(1)
         rows_of_epoch, n_steps = _epoch_rows(samplers, train_rows, progress.running, epoch, share)
         rows_of_epoch = fabric.to_device(rows_of_epoch)
         wrapped.train()
@@ -221,6 +227,7 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
             keep = improved[m].to(fabric.device)
             for k, p in zip(kept, g.params):
                 k.copy_(torch.where(keep.view((-1,) + (1,) * (p.dim() - 1)), p.detach(), k))
+    bar.close()
     return progress.fits(stack, members, models)
 
 

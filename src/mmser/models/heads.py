@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmser.models.server import ServerHead
+from mmser.models.server import Dropout, ServerHead
 
 
 class LinearHead(nn.Module):
@@ -39,7 +39,7 @@ class GatedHead(nn.Module):
         self.text_proj = nn.Linear(text_dim, text_proj_dim) if text_dim else None
         self.audio_proj = nn.Linear(audio_dim, text_proj_dim) if audio_dim else None
         self.gate = nn.Linear(text_dim + audio_dim, text_proj_dim) if text_dim and audio_dim else None
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(text_proj_dim, hidden_dim), nn.ReLU(),
+        self.classifier = nn.Sequential(Dropout(dropout), nn.Linear(text_proj_dim, hidden_dim), nn.ReLU(),
                                         nn.Linear(hidden_dim, n_classes))
 
     def forward(self, text: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,7 +61,7 @@ class LateFusionHead(nn.Module):
             raise ValueError("LateFusionHead needs a text or an audio input")
 
         def branch(dim: int) -> nn.Module:
-            return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+            return nn.Sequential(Dropout(dropout), nn.Linear(dim, hidden_dim), nn.ReLU(), Dropout(dropout),
                                  nn.Linear(hidden_dim, n_classes))
 
         self.text = branch(text_dim) if text_dim else None
