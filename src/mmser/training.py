@@ -1,11 +1,12 @@
-"""Fit one head on cached embeddings with Lightning Fabric: tensors in memory, whole-batch gathers, the best
-epoch kept on validation.
+"""Fit heads on cached embeddings: many fits in the same steps (stacked.py), tensors in memory, whole-batch
+gathers, each fit's best epoch kept on its validation part.
 
-Fabric runs the same loop in one process or under DDP (gloo on CPUs, NCCL on GPUs, across nodes): with W
-processes each takes batch_size / W rows of the same seeded shuffled order, so the W shares of step t are the
-rows one process takes at step t and DDP's averaged gradient is the single process's gradient. Every process
-scores the whole validation part, so the epoch choice is the same everywhere. `fit_head` returns what it
-learned; choosing among candidates (selection.py), writing outputs and MLflow (the train stage) live elsewhere.
+One loop runs in one CPU process (OneProcess: no Lightning import) or on a Lightning Fabric (a GPU, or DDP:
+gloo on CPUs, NCCL on GPUs, across nodes). With W processes each takes batch_size / W rows of every fit's
+seeded shuffled order, so the W shares of step t are the rows one process takes at step t and DDP's averaged
+gradient is the single process's gradient. Every process scores the whole validation parts, so the epoch choice
+is the same everywhere. `fit_heads` returns what it learned; choosing among candidates (selection.py), writing
+outputs and MLflow (the train stage) live elsewhere.
 """
 
 from __future__ import annotations
