@@ -23,7 +23,8 @@ def main(args, params: dict) -> None:
                            vggish_weights_dir=p.vggish_weights_dir, postprocess=p.postprocess,
                            batch_size=p.batch_size, precision=p.precision, ssl_model=p.ssl_model,
                            ssl_layer=p.ssl_layer, whisper_model=p.whisper_model, whisper_pooling=p.whisper_pooling,
-                           whisper_compute_type=p.whisper_compute_type)
+                           whisper_compute_type=p.whisper_compute_type,
+                           egemaps_processes=None if dist.strategy == "single" else 1)
     encoder = make_encoder(device=encoder_device(dist, p.device))
     sharding = sharding_for(dist, make_encoder, scratch=Path(args.out).parent)
     if sharding is not None and not is_launch_rank_zero(dist):  # a process Lightning added: its share, nothing else

@@ -54,12 +54,16 @@ def build_audio_encoder(*, encoder: str, sample_rate: int, vggish_weights_dir: s
                         postprocess: bool = True, batch_size: int = 64, device: str = "auto",
                         precision: str = "fp32", ssl_model: str | None = None, ssl_layer: str | int = "last",
                         whisper_model: str = "packaged", whisper_pooling: str = "mean",
-                        whisper_compute_type: str = "float32"):
-    """The configured audio encoder (egemaps, vggish, ssl or whisper); weights are checked before any audio is read."""
+                        whisper_compute_type: str = "float32", egemaps_processes: int | None = None):
+    """The configured audio encoder (egemaps, vggish, ssl or whisper); weights are checked before any audio is read.
+
+    `egemaps_processes`: openSMILE worker processes (None: every usable core; 1 under DDP, where the ranks
+    already share the clips and a process pool forked from a rank can hang).
+    """
     if encoder == "egemaps":
         from mmser.encoders.egemaps import EGeMAPSEncoder
 
-        return EGeMAPSEncoder(sample_rate=sample_rate)
+        return EGeMAPSEncoder(sample_rate=sample_rate, processes=egemaps_processes)
     if encoder == "vggish":
         from mmser.encoders.vggish import VGGishEncoder
 
