@@ -33,10 +33,6 @@ class StackedHeads(nn.Module):
         # is not registered, so it is neither trained nor moved, only switched between train and eval.
         object.__setattr__(self, "_base", copy.deepcopy(models[0]).to("meta"))
 
-    @property
-    def size(self) -> int:
-        return self.params[0].shape[0]
-
     def buffer(self, name: str) -> torch.Tensor | None:
         """The stacked buffer `name` (e.g. the loss's class weights), None if the modules have none."""
         return getattr(self, f"buffer{self.buffer_names.index(name)}") if name in self.buffer_names else None
