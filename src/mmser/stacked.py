@@ -15,7 +15,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state, vmap
 
 
 class StackedHeads(nn.Module):
@@ -32,6 +32,9 @@ class StackedHeads(nn.Module):
         # The module whose forward is called with each model's tensors; it holds none of them (meta device) and
         # is not registered, so it is neither trained nor moved, only switched between train and eval.
         object.__setattr__(self, "_base", copy.deepcopy(models[0]).to("meta"))
+        # Where each stacked tensor lives in _base: (its module's _parameters or _buffers dict, its attribute).
+        object.__setattr__(self, "_slots", {k: _slot(self._base, k, "_parameters") for k in self.names}
+                           | {k: _slot(self._base, k, "_buffers") for k in self.buffer_names})
 
     def buffer(self, name: str) -> torch.Tensor | None:
         """The stacked buffer `name` (e.g. the loss's class weights), None if the modules have none."""
@@ -51,10 +54,25 @@ class StackedHeads(nn.Module):
             buffers = {k: v.index_select(0, live) for k, v in buffers.items()}
 
         def one(p, b, *xs):
-            return functional_call(self._base, (p, b), xs)
+            return self._call({**p, **b}, xs)
 
         dims = (0, 0) + tuple(None if x is None else 0 for x in inputs)
         return vmap(one, in_dims=dims, randomness="different")(params, buffers, *inputs)
+
+    def _call(self, tensors: dict[str, torch.Tensor], inputs: tuple) -> torch.Tensor:
+        """_base's forward with `tensors` in place of its parameters and buffers: torch.func.functional_call's
+        job, without its checks (tied weights, strictness), which cost about 0.4 ms a call, as much as a tiny
+        head's forward. The meta tensors are put back afterwards."""
+        kept = {}
+        for k, t in tensors.items():
+            where, attr = self._slots[k]
+            kept[k], where[attr] = where[attr], t
+        try:
+            return self._base(*inputs)
+        finally:
+            for k, t in kept.items():
+                where, attr = self._slots[k]
+                where[attr] = t
 
     def state_of(self, m: int, params: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Model m's state dict (from `params` in place of the live parameters, e.g. a kept epoch's)."""
@@ -82,6 +100,13 @@ class Stack(nn.Module):
         return out
 
 
+def _slot(module: nn.Module, name: str, kind: str) -> tuple[dict, str]:
+    """The dict (`kind`: _parameters or _buffers) of the submodule holding `name` (a dotted state-dict key), and
+    the key in it."""
+    path, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(path), kind), attr
+
+
 def _generator(device: torch.device) -> torch.Generator:
     """The default generator of `device` (torch.manual_seed would also queue a seeding of every CUDA device, with
     a stack trace, on each call: 0.1 ms, and memory, per step on a CPU)."""
@@ -90,23 +115,30 @@ def _generator(device: torch.device) -> torch.Generator:
     return torch.default_generator
 
 
-class StackedAdam(torch.optim.Optimizer):
+class StackedAdam:
     """torch.optim.Adam (L2 weight decay added to the gradient) for stacked models: each model is stepped by
     Adam's fused kernel on its own slices, with its own weight decay and step count.
 
     One param group per StackedHeads: `weight_decay` lists each model's, and `active` ((M,) bool, set before
     each step) says which models step; the others keep their parameters, moments and step counts, as if that
-    step had not happened to them.
+    step had not happened to them. Not a torch.optim.Optimizer: constructing one imports torch._dynamo (about a
+    second per train stage); the loop sets each group's `lr` itself (StepLR's schedule, training.py).
     """
 
     def __init__(self, groups: list[tuple[list[torch.Tensor], list[float]]], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__([{"params": params, "weight_decay": list(wd), "active": torch.ones(len(wd), dtype=torch.bool)}
-                          for params, wd in groups], dict(lr=lr, betas=betas, eps=eps))
+        self.param_groups = [{"params": list(params), "weight_decay": list(wd), "lr": lr, "betas": betas, "eps": eps,
+                              "active": torch.ones(len(wd), dtype=torch.bool)} for params, wd in groups]
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def _slices(self, p: torch.Tensor) -> list[tuple]:
         """Per model: its slices of the parameter, gradient, moments and its step count (written through)."""
-        state = self.state[p]
+        state = self.state.setdefault(p, {})
         if not state:
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
             state["step"] = [torch.zeros((), dtype=torch.float32, device=p.device) for _ in range(p.shape[0])]

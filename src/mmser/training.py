@@ -188,8 +188,6 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
     optimizer = StackedAdam([(list(g.params), [jobs[i].weight_decay for i in m])
                              for g, m in zip(stack.groups, members)], lr=head_kwargs["lr"])
     wrapped, optimizer = fabric.setup(stack, optimizer)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=head_kwargs["step_size"],
-                                                gamma=head_kwargs["gamma"])
     data = tuple(fabric.to_device(t) if t is not None else None for t in data)
     train_rows = [torch.from_numpy(features.rows(job.train_ids)) for job in jobs]
     val_rows = [torch.from_numpy(features.rows(job.val_ids)) for job in jobs]
@@ -219,7 +217,9 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
             fabric.backward(losses.sum())
             optimizer.step()
             loss_sum += losses.detach()
-        scheduler.step()
+        if epoch % head_kwargs["step_size"] == 0:  # StepLR: the learning rate times gamma every step_size epochs
+            for g in optimizer.param_groups:
+                g["lr"] *= head_kwargs["gamma"]
         if world > 1:  # the global batch's loss is the mean of the processes' share losses
             loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum") / world
         scores = _validate(stack, members, data, val_rows, progress.running, classes, fabric.device)
