@@ -121,3 +121,30 @@ def test_a_checkpoint_lightning_wrote_still_loads(tmp_path) -> None:
     loaded = EmotionClassifier.load_from_checkpoint(tmp_path / "old.ckpt")
     x, a = torch.randn(2, 4), torch.randn(2, 3)
     assert np.array_equal(loaded.predict_proba(x, a), model.predict_proba(x, a))
+
+
+def test_the_learning_rate_is_multiplied_by_gamma_every_step_size_epochs() -> None:
+    """StepLR's schedule: with gamma 0 after 2 epochs, epochs 3-5 cannot move the weights; with gamma 1 they do."""
+    features, fabric = _features(), make_fabric()
+
+    def refit(epochs: int, gamma: float) -> dict:
+        options = {**OPTIONS, "head_kwargs": {**NO_DROPOUT, "step_size": 2, "gamma": gamma}}
+        job = Job("server", 0.0, features.ids[:60], [], epochs=epochs)
+        return fit_heads(fabric, features, [job], **options)[0].model.state_dict()
+
+    two, five = refit(2, 0.0), refit(5, 0.0)
+    assert all(torch.equal(two[k], five[k]) for k in two)
+    two, five = refit(2, 1.0), refit(5, 1.0)
+    assert not all(torch.equal(two[k], five[k]) for k in two)
+
+
+def test_a_stacked_forward_leaves_no_tensor_in_the_template_module() -> None:
+    """The stacked tensors are swapped into the (meta) template module for a call and swapped out after it."""
+    from mmser.stacked import StackedHeads
+
+    torch.manual_seed(0)
+    heads = StackedHeads([torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)) for _ in range(2)])
+    out = heads(torch.randn(2, 4, 3))
+    assert out.shape == (2, 4, 2)
+    template = heads._base.state_dict()
+    assert template and all(t.is_meta for t in template.values())
