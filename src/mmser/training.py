@@ -213,7 +213,7 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
             losses = _losses(wrapped, stack, members, live, seeds, data, rows, fabric, world)
             for g, m in zip(optimizer.param_groups, members):
                 g["active"] = (rows[m] >= 0).any(1)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             fabric.backward(losses.sum())
             optimizer.step()
             loss_sum += losses.detach()
