@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mmser.features import Features
+from mmser.parallel import FORK
 from mmser.stacked import StackedAdam
 from mmser.training import Job, fit_head, fit_heads, make_fabric
 
@@ -148,3 +149,38 @@ def test_a_stacked_forward_leaves_no_tensor_in_the_template_module() -> None:
     assert out.shape == (2, 4, 2)
     template = heads._base.state_dict()
     assert template and all(t.is_meta for t in template.values())
+
+
+@pytest.mark.skipif(not FORK, reason="head groups are shared out among forked processes on Linux only")
+def test_the_fits_are_the_same_bit_for_bit_in_one_process_or_several() -> None:
+    features, fabric = _features(), make_fabric()
+    jobs = _jobs(features.ids)
+    options = {**OPTIONS, "head_kwargs": {**NO_DROPOUT, "dropout": 0.5}}
+    alone = fit_heads(fabric, features, jobs, **options, processes=1)
+    for processes in (2, 3):
+        shared = fit_heads(fabric, features, jobs, **options, processes=processes)
+        for a, b in zip(alone, shared):
+            assert a.history == b.history and a.best_epoch == b.best_epoch
+            assert all(torch.equal(a.model.state_dict()[k], v) for k, v in b.model.state_dict().items())
+
+
+@pytest.mark.skipif(not FORK, reason="forked workers exist on Linux only")
+def test_a_forked_workers_error_is_raised_in_the_parent_with_its_traceback() -> None:
+    import os
+
+    from mmser.parallel import forked
+
+    parent = os.getpid()
+
+    def work(item: int, here: bool) -> tuple[int, bool]:
+        if item == 3 and os.getpid() != parent:
+            raise ValueError("item 3 failed in a child")
+        return os.getpid(), here
+
+    done = forked(lambda item, here: (os.getpid(), here), list(range(6)), 3)
+    assert sorted(done) == list(range(6))
+    assert all(here == (pid == parent) for pid, here in done.values())
+    with pytest.raises(ValueError, match="item 3 failed") as raised:
+        for _ in range(20):  # the parent takes items too: until item 3 lands in a child
+            forked(work, list(range(6)), 3)
+    assert any("forked worker" in note for note in raised.value.__notes__)

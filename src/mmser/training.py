@@ -12,6 +12,7 @@ outputs and MLflow (the train stage) live elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import zlib
 from pathlib import Path
@@ -28,6 +29,7 @@ from mmser.features import Features
 from mmser.metrics import confusion, unweighted_accuracy, weighted_accuracy
 from mmser.models.module import EmotionClassifier
 from mmser.params import DistributedParams
+from mmser.parallel import FORK, forked
 from mmser.stacked import Stack, StackedAdam, StackedHeads
 
 SINGLE = DistributedParams(accelerator="cpu", devices=1, num_nodes=1, strategy="single")
@@ -169,13 +171,56 @@ def fit_head(fabric, features: Features, *, train_ids: list[str], val_ids: list[
 
 def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, classes: list[str], seed: int,
               head_kwargs: dict, batch_size: int, standardize: bool, class_weights: bool,
-              audio_pooling: str = "sum", progress_name: str | None = None) -> list[Fit]:
+              audio_pooling: str = "sum", progress_name: str | None = None, processes: int | None = None) -> list[Fit]:
     """Fit every job in the same steps (stacked per head, stacked.py); each keeps the epoch with its best
     validation UA (ties: lower loss). Each job starts from the weights a separate fit with `seed` would, fits its
     standardiser and class weights on its own training part, and takes its own seeded order of it, the order a
     separate fit takes. Every process of `fabric`'s launch returns the same Fits. `progress_name` names a progress bar
     over epochs (on global rank 0).
+
+    In one CPU process (OneProcess), the heads' groups are shared out among `processes` forked processes (None:
+    one per CPU this process may use, at most one per head): a group's fits do not depend on the groups beside it
+    (stacked.py), so the Fits are the same, bit for bit, in any number of processes.
     """
+    kwargs = dict(modality=modality, classes=classes, seed=seed, head_kwargs=head_kwargs, batch_size=batch_size,
+                  standardize=standardize, class_weights=class_weights, audio_pooling=audio_pooling)
+    heads = list(dict.fromkeys(job.head for job in jobs))
+    n = min(len(heads), processes or cpu_count()) if isinstance(fabric, OneProcess) and FORK else 1
+    if n <= 1:
+        return _fit_stacked(fabric, features, jobs, progress_name=progress_name, **kwargs)
+    members = [[i for i, job in enumerate(jobs) if job.head == head] for head in heads]
+    order = sorted(range(len(heads)), key=lambda g: -_cost(features, heads[g], len(members[g]), **kwargs))
+
+    def group(g: int, here: bool) -> list[Fit]:
+        if not here:  # a forked child must not enter the OpenMP pool the parent may have started (it would hang)
+            torch.set_num_threads(1)
+        return _fit_stacked(fabric, features, [jobs[i] for i in members[g]], **kwargs,
+                            progress_name=f"{progress_name}: {heads[g]}" if progress_name and here else None)
+
+    fits: dict[int, Fit] = {}
+    for g, group_fits in forked(group, order, n).items():
+        fits.update(zip(members[g], group_fits))
+    return [fits[i] for i in range(len(jobs))]
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cost(features: Features, head: str, n_jobs: int, *, modality: str, classes: list[str], head_kwargs: dict,
+          audio_pooling: str, **_) -> int:
+    """A group's work, roughly: its fits x its head's parameters (the larger groups are started first)."""
+    model = EmotionClassifier(text_dim=features.text.shape[1] if modality in ("text", "fusion") else None,
+                              audio_dim=features.audio.shape[-1] if modality in ("audio", "fusion") else None,
+                              classes=classes, head=head, audio_pooling=audio_pooling, **head_kwargs)
+    return n_jobs * sum(p.numel() for p in model.parameters())
+
+
+def _fit_stacked(fabric, features: Features, jobs: list[Job], *, modality: str, classes: list[str], seed: int,
+                 head_kwargs: dict, batch_size: int, standardize: bool, class_weights: bool, audio_pooling: str,
+                 progress_name: str | None) -> list[Fit]:
+    """fit_heads in this process: every job in the same steps."""
     world = fabric.world_size
     share = process_share(batch_size, world)
     data = _tensors(features, features.ids, modality, "cpu")
