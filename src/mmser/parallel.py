@@ -19,6 +19,11 @@ from typing import Any, Callable, Hashable
 FORK = sys.platform == "linux"
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def forked(function: Callable[[Any, bool], Any], items: list[Hashable], processes: int) -> dict[Hashable, Any]:
     """{item: function(item, here)} for every item, computed in `processes` processes: this one and
     `processes - 1` forked children. Each process takes the next item as soon as it has finished one, in the order

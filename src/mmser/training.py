@@ -12,7 +12,6 @@ outputs and MLflow (the train stage) live elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import zlib
 from pathlib import Path
@@ -29,7 +28,7 @@ from mmser.features import Features
 from mmser.metrics import confusion, unweighted_accuracy, weighted_accuracy
 from mmser.models.module import EmotionClassifier
 from mmser.params import DistributedParams
-from mmser.parallel import FORK, forked
+from mmser.parallel import FORK, forked, usable_cores
 from mmser.stacked import Stack, StackedAdam, StackedHeads
 
 SINGLE = DistributedParams(accelerator="cpu", devices=1, num_nodes=1, strategy="single")
@@ -185,7 +184,7 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
     kwargs = dict(modality=modality, classes=classes, seed=seed, head_kwargs=head_kwargs, batch_size=batch_size,
                   standardize=standardize, class_weights=class_weights, audio_pooling=audio_pooling)
     heads = list(dict.fromkeys(job.head for job in jobs))
-    n = min(len(heads), processes or cpu_count()) if isinstance(fabric, OneProcess) and FORK else 1
+    n = min(len(heads), processes or usable_cores()) if isinstance(fabric, OneProcess) and FORK else 1
     if n <= 1:
         return _fit_stacked(fabric, features, jobs, progress_name=progress_name, **kwargs)
     members = [[i for i, job in enumerate(jobs) if job.head == head] for head in heads]
@@ -203,18 +202,18 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
     return [fits[i] for i in range(len(jobs))]
 
 
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _cost(features: Features, head: str, n_jobs: int, *, modality: str, classes: list[str], head_kwargs: dict,
           audio_pooling: str, **_) -> int:
     """A group's work, roughly: its fits x its head's parameters (the larger groups are started first)."""
-    model = EmotionClassifier(text_dim=features.text.shape[1] if modality in ("text", "fusion") else None,
-                              audio_dim=features.audio.shape[-1] if modality in ("audio", "fusion") else None,
-                              classes=classes, head=head, audio_pooling=audio_pooling, **head_kwargs)
+    model = EmotionClassifier(**_input_dims(features, modality), classes=classes, head=head,
+                              audio_pooling=audio_pooling, **head_kwargs)
     return n_jobs * sum(p.numel() for p in model.parameters())
+
+
+def _input_dims(features: Features, modality: str) -> dict[str, int | None]:
+    """EmotionClassifier's text_dim and audio_dim for `modality` on these features (None: the input is not used)."""
+    return {"text_dim": features.text.shape[1] if modality in ("text", "fusion") else None,
+            "audio_dim": features.audio.shape[-1] if modality in ("audio", "fusion") else None}
 
 
 def _fit_stacked(fabric, features: Features, jobs: list[Job], *, modality: str, classes: list[str], seed: int,
@@ -344,10 +343,9 @@ def _model(features: Features, data: tuple, job: Job, *, modality: str, classes:
     torch.manual_seed(seed)
     text, audio, lengths, y = _take(data, torch.from_numpy(features.rows(job.train_ids)))
     weights = inverse_frequency_weights(y.numpy(), len(classes)) if class_weights else None
-    model = EmotionClassifier(text_dim=features.text.shape[1] if modality in ("text", "fusion") else None,
-                              audio_dim=features.audio.shape[-1] if modality in ("audio", "fusion") else None,
-                              classes=classes, head=job.head, class_weights=weights, audio_pooling=audio_pooling,
-                              weight_decay=job.weight_decay, **head_kwargs)
+    model = EmotionClassifier(**_input_dims(features, modality), classes=classes, head=job.head,
+                              class_weights=weights, audio_pooling=audio_pooling, weight_decay=job.weight_decay,
+                              **head_kwargs)
     if standardize:
         if model.text_norm is not None:
             model.text_norm.fit(text)
