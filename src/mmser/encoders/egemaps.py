@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 import weakref
 
 import numpy as np
-
-from mmser.parallel import FORK, usable_cores
 
 _SMILE = None  # one openSMILE extractor per process (the pool's workers build their own)
 
@@ -25,6 +25,13 @@ def _smile():
 def _functionals(item: tuple[np.ndarray, int]) -> np.ndarray:
     wave, sample_rate = item
     return _smile().process_signal(wave, sample_rate).to_numpy(dtype=np.float32).reshape(1, -1)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on. parallel.py has its twin: importing it here would make it part of this
+    encoder's code identity (identity.code_files), so that an edit to training's process pool recomputed every
+    cached eGeMAPS vector."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class EGeMAPSEncoder:
@@ -55,7 +62,7 @@ class EGeMAPSEncoder:
         if self.processes < 2 or len(items) < 2:
             return [_functionals(item) for item in items]
         if self._pool is None:  # forked on Linux: workers start at once, with openSMILE already imported
-            context = multiprocessing.get_context("fork" if FORK else None)
+            context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
             self._pool = context.Pool(self.processes)
             weakref.finalize(self, self._pool.terminate)
         return self._pool.map(_functionals, items, chunksize=max(1, len(items) // (4 * self.processes)))
