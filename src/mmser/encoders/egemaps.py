@@ -27,10 +27,10 @@ def _functionals(item: tuple[np.ndarray, int]) -> np.ndarray:
     return _smile().process_signal(wave, sample_rate).to_numpy(dtype=np.float32).reshape(1, -1)
 
 
+# parallel.py has this function's twin: importing it here would make it part of this encoder's code identity
+# (identity.code_files), so that an edit to training's process pool recomputed every cached eGeMAPS vector.
 def usable_cores() -> int:
-    """CPU cores this process may run on. parallel.py has its twin: importing it here would make it part of this
-    encoder's code identity (identity.code_files), so that an edit to training's process pool recomputed every
-    cached eGeMAPS vector."""
+    """CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
