@@ -4,6 +4,7 @@ validation, refit on all labelled data; plus the logistic-regression baseline on
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -14,10 +15,11 @@ from mmser.baseline import logistic_baseline
 from mmser.distributed import is_launch_rank_zero, world_size
 from mmser.errors import UserError
 from mmser.features import USES, load_features, missing_modality
+from mmser.parallel import FORK, beside
 from mmser.params import flatten
 from mmser.selection import SELECTED_BY, candidate_grid, train_modality
 from mmser.stage import log, pipeline_parent, run_stage, write_json
-from mmser.training import head_options, launched, make_fabric, process_share, save_model
+from mmser.training import OneProcess, head_options, launched, make_fabric, process_share, save_model
 
 
 def _folds(splits_path: str, wanted: list[int]) -> list[dict]:
@@ -44,32 +46,38 @@ def main(args: argparse.Namespace, params: dict) -> None:
     candidates = candidate_grid(p.heads, p.weight_decay)
     fabric = make_fabric(launch)
     process_share(p.batch_size, world_size(launch))  # checked before any process is started
-    result = launched(fabric, train_modality, features, folds, modality=modality, candidates=candidates,
-                      classes=base.classes, seed=base.seed, options=head_options(p))
+    train = functools.partial(launched, fabric, train_modality, features, folds, modality=modality,
+                              candidates=candidates, classes=base.classes, seed=base.seed, options=head_options(p))
     if not is_launch_rank_zero(launch):  # under DDP every process trains; one writes
+        train()
         return
-    sweep, chosen, val_means, epochs, final = (result.sweep, result.chosen, result.val_means, result.epochs,
-                                               result.final)
-    baseline, baseline_info = logistic_baseline(features, folds, modality=modality, classes=base.classes,
-                                                c_grid=p.baseline_c, class_weights=p.class_weights, seed=base.seed)
-    selection = {"candidate": chosen.name, "selected_by": SELECTED_BY, "val_ua": val_means[chosen.name],
-                 "refit": {"utterances": len(features.ids), "epochs": epochs,
-                           "epochs_from": "median best epoch of the chosen candidate's fold fits"}}
-    card = {"encoders": encoders, "audio_pooling": p.audio_pooling, "sample_rate": base.sample_rate,
-            "classes": base.classes, "modality": modality, "head": chosen.head, "weight_decay": chosen.weight_decay,
-            "speaker_norm": p.speaker_norm, "selection": selection}
-    for fold in folds:  # the chosen candidate's fold models (what produced its test scores)
-        save_model(sweep.fits[(chosen.name, fold["name"])].model, out / fold["name"] / "model.ckpt")
-        write_json(out / fold["name"] / "model.json", {**card, "fold": fold["name"], "checkpoint": "model.ckpt",
-                                                        "trained_on": f"{fold['name']} training part"})
-    save_model(final.model, out / "final" / "model.ckpt")
-    write_json(out / "final" / "model.json", {**card, "fold": "all", "checkpoint": "model.ckpt",
-                                              "trained_on": "every labelled utterance (refit)"})
-    pd.concat([sweep.predictions, baseline], ignore_index=True).to_csv(out / "predictions.csv", index=False)
-    history = [{"fold": f["name"], **h} for f in folds for h in sweep.fits[(chosen.name, f["name"])].history]
-    with stage_run_for(params, args, modality, encoders) as run:
+    baseline_fit = functools.partial(logistic_baseline, features, folds, modality=modality, classes=base.classes,
+                                     c_grid=p.baseline_c, class_weights=p.class_weights, seed=base.seed)
+    # In one CPU process the baseline is fitted in a forked child while this one opens its MLflow run and trains;
+    # a Fabric's launch (GPUs, DDP processes) gets no fork beside it, and the baseline follows the training.
+    with beside(baseline_fit, fork=FORK and isinstance(fabric, OneProcess)) as baseline_result, \
+            stage_run_for(params, args, modality, encoders) as run:
         import mlflow
 
+        result = train()
+        sweep, chosen, val_means, epochs, final = (result.sweep, result.chosen, result.val_means, result.epochs,
+                                                   result.final)
+        baseline, baseline_info = baseline_result()
+        selection = {"candidate": chosen.name, "selected_by": SELECTED_BY, "val_ua": val_means[chosen.name],
+                     "refit": {"utterances": len(features.ids), "epochs": epochs,
+                               "epochs_from": "median best epoch of the chosen candidate's fold fits"}}
+        card = {"encoders": encoders, "audio_pooling": p.audio_pooling, "sample_rate": base.sample_rate,
+                "classes": base.classes, "modality": modality, "head": chosen.head,
+                "weight_decay": chosen.weight_decay, "speaker_norm": p.speaker_norm, "selection": selection}
+        for fold in folds:  # the chosen candidate's fold models (what produced its test scores)
+            save_model(sweep.fits[(chosen.name, fold["name"])].model, out / fold["name"] / "model.ckpt")
+            write_json(out / fold["name"] / "model.json", {**card, "fold": fold["name"], "checkpoint": "model.ckpt",
+                                                            "trained_on": f"{fold['name']} training part"})
+        save_model(final.model, out / "final" / "model.ckpt")
+        write_json(out / "final" / "model.json", {**card, "fold": "all", "checkpoint": "model.ckpt",
+                                                  "trained_on": "every labelled utterance (refit)"})
+        pd.concat([sweep.predictions, baseline], ignore_index=True).to_csv(out / "predictions.csv", index=False)
+        history = [{"fold": f["name"], **h} for f in folds for h in sweep.fits[(chosen.name, f["name"])].history]
         mlflow.log_metrics({f"val_ua.{c.name.replace('=', '_')}": val_means[c.name] for c in candidates})
         mlflow.set_tags({"modality": modality, "selected": chosen.name, "processes": world_size(launch)})
         _log_curves(run.info.run_id, history)

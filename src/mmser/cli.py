@@ -186,7 +186,7 @@ def _quiet_transformers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `mmser` console script."""
+    """`mmser` with these arguments (default: sys.argv): its exit status. console() runs it as the command."""
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # prediction never downloads; fail at once, not after retries
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays for what matters
@@ -200,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console() -> None:
+    """The `mmser` console script: main, then exit_now (no teardown of torch and MLflow's modules: a second)."""
+    from mmser.process import exit_now
+
+    exit_now(main())
+
+
 def _is_user_error(err: Exception) -> bool:
     """Whether the message alone tells the user what to fix: mmser's UserError, or MLflow refusing a model URI
     (an unknown run, model, version or alias)."""
@@ -211,4 +218,4 @@ def _is_user_error(err: Exception) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -7,6 +7,7 @@ Windows: no safe fork) `FORK` is False and callers run their work in one process
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 FORK = sys.platform == "linux"
 
@@ -54,6 +55,38 @@ def forked(function: Callable[[Any, bool], Any], items: list[Hashable], processe
         for child in children:
             results.update(_collected(child, Path(scratch)))
     return results
+
+
+@contextlib.contextmanager
+def beside(function: Callable[[], Any], *, fork: bool = FORK) -> Iterator[Callable[[], Any]]:
+    """Yield `result`, which returns `function()`: with `fork`, computed in a forked child started now, while this
+    process goes on (result() waits for it, and raises its exception); without, computed here when result() is
+    called. Leaving the block stops a child whose result was never asked for.
+
+    For work that needs nothing this process computes next, on a core it would leave idle (e.g. a baseline fitted
+    while the heads train in one process). Fork before starting threads or CUDA in this process, as with `forked`.
+    """
+    if not fork:
+        yield function
+        return
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    queue.put(0)
+    queue.put(_DONE)
+    with tempfile.TemporaryDirectory(prefix="mmser-beside-") as scratch:
+        child = context.Process(target=_child, args=(lambda _item, _here: function(), queue, Path(scratch)))
+        child.start()
+
+        def result() -> Any:
+            child.join()
+            return _collected(child, Path(scratch))[0]
+
+        try:
+            yield result
+        finally:
+            if child.is_alive():
+                child.terminate()
+            child.join()
 
 
 _DONE = "mmser.parallel: no more items"

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from mmser.predict import Predictor, card_path, predictions_frame, read_card
+from mmser.card import card_path, read_card
 from mmser.tracking import setup_experiment
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         """Rebuild the head and its encoders from the logged checkpoint and card."""
+        from mmser.predict import Predictor  # torch and the encoders: not needed to log or register a model
+
         config = context.model_config or {}
         self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], card=context.artifacts["card"],
                                                    vggish_weights_dir=config.get("vggish_weights_dir"))
@@ -43,6 +45,8 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
 
         A model trained on ASR text transcribes a row without text from its audio_path (the `transcript` column).
         """
+        from mmser.predict import predictions_frame
+
         frame = pd.DataFrame(model_input)
         rows = [{k: row.get(k) for k in ("text", "audio_path")} for row in frame.to_dict("records")]
         return predictions_frame(self.predictor.predict(rows), self.predictor.classes)
