@@ -15,11 +15,11 @@ from mmser.baseline import logistic_baseline
 from mmser.distributed import is_launch_rank_zero, world_size
 from mmser.errors import UserError
 from mmser.features import USES, load_features, missing_modality
-from mmser.parallel import FORK, beside
+from mmser.parallel import beside
 from mmser.params import flatten
 from mmser.selection import SELECTED_BY, candidate_grid, train_modality
 from mmser.stage import log, pipeline_parent, run_stage, write_json
-from mmser.training import OneProcess, head_options, launched, make_fabric, process_share, save_model
+from mmser.training import forks, head_options, launched, make_fabric, process_share, save_model
 
 
 def _folds(splits_path: str, wanted: list[int]) -> list[dict]:
@@ -53,9 +53,9 @@ def main(args: argparse.Namespace, params: dict) -> None:
         return
     baseline_fit = functools.partial(logistic_baseline, features, folds, modality=modality, classes=base.classes,
                                      c_grid=p.baseline_c, class_weights=p.class_weights, seed=base.seed)
-    # In one CPU process the baseline is fitted in a forked child while this one opens its MLflow run and trains;
-    # a Fabric's launch (GPUs, DDP processes) gets no fork beside it, and the baseline follows the training.
-    with beside(baseline_fit, fork=FORK and isinstance(fabric, OneProcess)) as baseline_result, \
+    # Where the launch forks, the baseline is fitted in a forked child while this process opens its MLflow run and
+    # trains; elsewhere it follows the training.
+    with beside(baseline_fit, fork=forks(fabric)) as baseline_result, \
             stage_run_for(params, args, modality, encoders) as run:
         import mlflow
 

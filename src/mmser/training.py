@@ -56,6 +56,12 @@ class OneProcess:
         return tensor
 
 
+def forks(fabric) -> bool:
+    """Whether work may go to forked copies of this process: one CPU process (OneProcess) on Linux. A Fabric's
+    launch (GPUs, DDP processes) gets no fork beside it."""
+    return isinstance(fabric, OneProcess) and FORK
+
+
 def make_fabric(distributed: DistributedParams | None = None):
     """The launch `distributed` asks for: one CPU process (OneProcess), or a Lightning Fabric (`single` on another
     accelerator: one process there; `ddp`, `ddp_spawn`: DDP)."""
@@ -184,7 +190,7 @@ def fit_heads(fabric, features: Features, jobs: list[Job], *, modality: str, cla
     kwargs = dict(modality=modality, classes=classes, seed=seed, head_kwargs=head_kwargs, batch_size=batch_size,
                   standardize=standardize, class_weights=class_weights, audio_pooling=audio_pooling)
     heads = list(dict.fromkeys(job.head for job in jobs))
-    n = min(len(heads), processes or usable_cores()) if isinstance(fabric, OneProcess) and FORK else 1
+    n = min(len(heads), processes or usable_cores()) if forks(fabric) else 1
     if n <= 1:
         return _fit_stacked(fabric, features, jobs, progress_name=progress_name, **kwargs)
     members = [[i for i, job in enumerate(jobs) if job.head == head] for head in heads]
