@@ -1,5 +1,6 @@
-"""Work beside the main line (parallel.beside) and ending a command quickly (process.py): what a normal exit does
-that matters still happens, and a stage run inside another program (a test) returns to it."""
+"""Work in forked processes (parallel.forked, parallel.beside) and ending a command quickly (process.py): a child's
+error reaches the parent, what a normal exit does that matters still happens, and a stage run inside another
+program (a test) returns to it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmser.parallel import FORK, beside
+from mmser.parallel import FORK, beside, forked
 
 pytestmark = pytest.mark.skipif(not FORK, reason="forked children exist on Linux only")
 
@@ -23,6 +24,23 @@ pytestmark = pytest.mark.skipif(not FORK, reason="forked children exist on Linux
 def _frame(seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"id": [f"u{i}" for i in range(50)], "p": rng.random(50)})
+
+
+def test_a_forked_workers_error_is_raised_in_the_parent_with_its_traceback() -> None:
+    parent = os.getpid()
+    done = forked(lambda item, here: (os.getpid(), here), list(range(6)), 3)
+    assert sorted(done) == list(range(6))
+    assert all(here == (pid == parent) for pid, here in done.values())
+
+    def work(item: int, here: bool) -> int:
+        if here:  # the parent is slow, so the children take items (and fail on them)
+            time.sleep(0.5)
+            return item
+        raise ValueError(f"item {item} failed in a child")
+
+    with pytest.raises(ValueError, match="failed in a child") as raised:
+        forked(work, list(range(6)), 3)
+    assert any("forked worker" in note for note in raised.value.__notes__)
 
 
 def test_beside_computes_in_a_child_what_this_process_would() -> None:

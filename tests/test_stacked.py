@@ -162,26 +162,3 @@ def test_the_fits_are_the_same_bit_for_bit_in_one_process_or_several() -> None:
         for a, b in zip(alone, shared):
             assert a.history == b.history and a.best_epoch == b.best_epoch
             assert all(torch.equal(a.model.state_dict()[k], v) for k, v in b.model.state_dict().items())
-
-
-@pytest.mark.skipif(not FORK, reason="forked workers exist on Linux only")
-def test_a_forked_workers_error_is_raised_in_the_parent_with_its_traceback() -> None:
-    import os
-    import time
-
-    from mmser.parallel import forked
-
-    parent = os.getpid()
-    done = forked(lambda item, here: (os.getpid(), here), list(range(6)), 3)
-    assert sorted(done) == list(range(6))
-    assert all(here == (pid == parent) for pid, here in done.values())
-
-    def work(item: int, here: bool) -> int:
-        if here:  # the parent is slow, so the children take items (and fail on them)
-            time.sleep(0.5)
-            return item
-        raise ValueError(f"item {item} failed in a child")
-
-    with pytest.raises(ValueError, match="failed in a child") as raised:
-        forked(work, list(range(6)), 3)
-    assert any("forked worker" in note for note in raised.value.__notes__)
